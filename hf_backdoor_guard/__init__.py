@@ -1,0 +1,46 @@
+"""hf-backdoor-guard: robust training on possibly poisoned image data.
+
+Teacher on the poisoned data -> diffusion variations of every image -> student
+distilled from the teacher on the variations (Struppek et al., 2023).
+
+Names are imported lazily so that ``import hf_backdoor_guard`` and the CLI start
+fast; the heavy libraries (torch, transformers, diffusers) load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "Attack": "attacks",
+    "BadNets": "attacks",
+    "Blended": "attacks",
+    "WaNet": "attacks",
+    "SIG": "attacks",
+    "poison_dataset": "poisoning",
+    "triggered_testset": "poisoning",
+    "evaluate_backdoor": "evaluation",
+    "predict": "evaluation",
+    "load_metric": "evaluation",
+    "clean_accuracy": "evaluation",
+    "attack_success_rate": "evaluation",
+    "robust_accuracy": "evaluation",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_backdoor_guard' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
