@@ -28,6 +28,21 @@ _EXPORTS = {
     "clean_accuracy": "evaluation",
     "attack_success_rate": "evaluation",
     "robust_accuracy": "evaluation",
+    "ImageVariation": "variations",
+    "generate_variations": "variations",
+    "DistillationTrainingArguments": "distillation",
+    "DistillationTrainer": "distillation",
+    "precompute_teacher_logits": "distillation",
+    "ImageClassificationTransform": "transforms",
+    "ImageClassificationCollator": "transforms",
+    "train_classifier": "training",
+    "BackdoorMetricsCallback": "training",
+    "load_digits_dataset": "data",
+    "publish_model": "hub",
+    "publish_dataset": "hub",
+    "load_robust_model": "hub",
+    "detect_poisoned": "detection",
+    "clean_dataset": "detection",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
