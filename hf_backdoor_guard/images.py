@@ -36,11 +36,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(value: Any, row: int | None = None, column: str = "image") -> Image.Image:
+def decode_image(value: Any, row: int | None = None, column: str = "image", load: bool = True) -> Image.Image:
     """Open a dataset cell (PIL image, ``{"bytes", "path"}`` dict, or path) as a PIL image.
 
     Unreadable data raises ``ValueError`` naming the column and row, so a broken
-    file deep in a large dataset is easy to find.
+    file deep in a large dataset is easy to find. ``load=False`` reads only the
+    header: a cheap check for rows we pass through untouched.
     """
     if isinstance(value, Image.Image):
         return value
@@ -59,7 +60,8 @@ def decode_image(value: Any, row: int | None = None, column: str = "image") -> I
             image = Image.open(io.BytesIO(value))
         else:
             raise ValueError(f"unsupported cell type {type(value).__name__}")
-        image.load()
+        if load:
+            image.load()
     except ValueError as error:
         raise ValueError(f"Unreadable image in {where}: {error}") from error
     except Exception as error:  # PIL raises several unrelated types for corrupt data

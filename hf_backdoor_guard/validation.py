@@ -22,7 +22,7 @@ def check_image_column(ds: Dataset, image_column: str = "image") -> None:
     if len(ds) == 0:
         raise ValueError("The dataset is empty: there is nothing to process.")
     feature = ds.features[image_column]
-    if not isinstance(feature, Image) and not (isinstance(feature, Value) and feature.dtype in ("binary", "string")):
+    if not isinstance(feature, Image):
         raise ValueError(
             f"Column '{image_column}' has feature {feature!r}; expected datasets.Image() "
             "(cast it with ds.cast_column(column, datasets.Image()))."
