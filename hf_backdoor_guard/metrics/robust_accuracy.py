@@ -1,0 +1,34 @@
+"""Robust accuracy (R-Acc) as an ``evaluate`` module.
+
+``references`` are the true (original) labels of the triggered images; with
+``target_label`` given, rows whose true class is the target are left out.
+"""
+
+import datasets
+import evaluate
+
+from hf_backdoor_guard.metrics import robust_accuracy
+
+_DESCRIPTION = "Robust accuracy (R-Acc): the share of triggered test images still classified as their true class."
+_KWARGS = """
+Args:
+    predictions (list of int): predicted class indices on triggered images.
+    references (list of int): the images' true class indices.
+    target_label (int, optional): the backdoor's target class; its rows are left out.
+Returns:
+    robust_accuracy (float): in [0, 1].
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
+class RobustAccuracy(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS,
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions, references, target_label=None):
+        return {"robust_accuracy": robust_accuracy(predictions, references, target_label=target_label)}
