@@ -29,6 +29,8 @@ _EXPORTS = {
     "attack_success_rate": "metrics",
     "robust_accuracy": "metrics",
     "attack_from_name": "attacks",
+    "detection_metrics": "metrics",
+    "suspicion_scores": "detection",
     "ImageVariation": "variations",
     "generate_variations": "variations",
     "DistillationTrainingArguments": "distillation",

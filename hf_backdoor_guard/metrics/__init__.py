@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-METRIC_NAMES = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
+METRIC_NAMES = ("clean_accuracy", "attack_success_rate", "robust_accuracy", "poison_detection")
 
 
 def _as_arrays(predictions, references, names=("predictions", "references")):
@@ -71,3 +71,48 @@ def load_metric(name: str, **kwargs):
     import evaluate
 
     return evaluate.load(str(metric_path(name)), **kwargs)
+
+
+def average_ranks(values) -> np.ndarray:
+    """1-based ranks of ``values``; tied values share their mean rank."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    starts = np.r_[0, np.flatnonzero(np.diff(values[order])) + 1]
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def auroc(scores, positives) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positives`` (ties count half).
+
+    Computed from ranks (Mann-Whitney U), so it needs no extra dependency.
+    """
+    scores, positives = _as_arrays(np.asarray(scores, dtype=np.float64), np.asarray(positives, dtype=bool),
+                                   ("scores", "positives"))
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = average_ranks(scores)
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def detection_metrics(scores, poisoned, flagged=None, threshold: float | None = None) -> dict[str, float]:
+    """AUROC of ``scores`` and precision/recall of the flagged rows against ground truth ``poisoned``.
+
+    ``flagged`` are the rows a detector flagged; without it, rows with ``score >= threshold``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    poisoned = np.asarray(poisoned, dtype=bool)
+    if flagged is None:
+        if threshold is None:
+            raise ValueError("Pass flagged=... or threshold=... to measure precision and recall.")
+        flagged = scores >= threshold
+    flagged, poisoned = _as_arrays(np.asarray(flagged, dtype=bool), poisoned, ("flagged", "poisoned"))
+    true_positives = int((flagged & poisoned).sum())
+    return {
+        "auroc": auroc(scores, poisoned),
+        "precision": true_positives / int(flagged.sum()) if flagged.any() else float("nan"),
+        "recall": true_positives / int(poisoned.sum()) if poisoned.any() else float("nan"),
+    }
