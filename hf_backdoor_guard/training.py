@@ -1,0 +1,182 @@
+"""Plain classifier training (the teacher, or any baseline) and backdoor metrics during training."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .transforms import ImageClassificationCollator, prepare_image_dataset
+from .validation import check_dataset, check_target_label
+
+logger = logging.getLogger(__name__)
+
+
+class BackdoorMetricsCallback(TrainerCallback):
+    """Run :func:`~hf_backdoor_guard.evaluate_backdoor` at every evaluation and log C-Acc, ASR and R-Acc.
+
+    The triggered test set is built once, here. At each ``on_evaluate`` the three
+    numbers are added to the evaluation metrics as ``eval_clean_accuracy``,
+    ``eval_attack_success_rate`` and ``eval_robust_accuracy`` (so
+    ``metric_for_best_model`` may use them) and logged through the trainer, so every
+    ``report_to`` integration (TensorBoard, ...) receives them.
+
+    Logging needs the trainer: :class:`DistillationTrainer` and :func:`train_classifier`
+    bind it themselves; with a plain ``Trainer`` call ``callback.bind(trainer)`` (without
+    it the numbers still reach the metrics dict and ``trainer.state.log_history``).
+
+    Args:
+        test_ds: clean test set with image and label columns.
+        attack: the attack whose trigger is measured (an ``hbg.Attack``).
+        target_label: the backdoor's target class.
+        image_processor: the evaluated model's processor.
+        batch_size: images per forward pass.
+        metric_key_prefix: prefix of the logged keys.
+
+    In multi-process runs every process evaluates the whole test set, so all processes
+    hold the same metrics.
+    """
+
+    def __init__(
+        self,
+        test_ds,
+        attack,
+        target_label: int = 0,
+        image_processor: Any = None,
+        batch_size: int = 64,
+        *,
+        image_column: str = "image",
+        label_column: str = "label",
+        metric_key_prefix: str = "eval",
+    ):
+        from .poisoning import triggered_testset
+
+        num_classes = check_dataset(test_ds, image_column, label_column)
+        check_target_label(target_label, num_classes, label_column)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        self.test_ds = test_ds
+        self.attack = attack
+        self.target_label = target_label
+        self.image_processor = image_processor
+        self.batch_size = batch_size
+        self.image_column = image_column
+        self.label_column = label_column
+        self.metric_key_prefix = metric_key_prefix
+        self.triggered_ds = triggered_testset(test_ds, attack, target_label, image_column, label_column)
+        self.trainer = None
+        self._last: tuple[int, dict] | None = None
+
+    def bind(self, trainer: Trainer) -> BackdoorMetricsCallback:
+        """Log through ``trainer`` (reaches its ``report_to`` integrations)."""
+        self.trainer = trainer
+        if self.image_processor is None:
+            self.image_processor = getattr(trainer, "processing_class", None)
+        return self
+
+    def compute(self, model) -> dict[str, float]:
+        """The prefixed backdoor metrics of ``model`` now."""
+        from .evaluation import evaluate_backdoor
+
+        result = evaluate_backdoor(
+            model, self.test_ds, self.attack, self.target_label, self.image_processor, self.batch_size,
+            image_column=self.image_column, label_column=self.label_column, triggered_ds=self.triggered_ds,
+            progress=False,
+        )
+        return {f"{self.metric_key_prefix}_{key}": float(value) for key, value in result.items()}
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if model is None:
+            return
+        # With several eval datasets on_evaluate fires once per dataset: evaluate once per step.
+        if self._last is not None and self._last[0] == state.global_step and state.global_step > 0:
+            results, fresh = self._last[1], False
+        else:
+            results, fresh = self.compute(model), True
+            self._last = (state.global_step, results)
+        if metrics is not None:
+            metrics.update(results)
+        if not fresh:
+            return
+        if self.trainer is not None:
+            self.trainer.log(dict(results))
+        else:
+            state.log_history.append({**results, "step": state.global_step})
+
+
+def bind_backdoor_callbacks(trainer: Trainer) -> None:
+    """Bind every :class:`BackdoorMetricsCallback` of ``trainer`` to it."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, BackdoorMetricsCallback):
+            callback.bind(trainer)
+
+
+def train_classifier(
+    model,
+    train_ds,
+    args: TrainingArguments,
+    image_processor: Any = None,
+    eval_dataset=None,
+    augment: bool = True,
+    callbacks: list | None = None,
+    *,
+    compute_metrics=None,
+    image_column: str = "image",
+    label_column: str = "label",
+    resume_from_checkpoint: str | bool | None = None,
+    train: bool = True,
+) -> Trainer:
+    """Train ``model`` on ``train_ds`` with the plain ``transformers.Trainer`` and return the trainer.
+
+    Used for the teacher (on the possibly poisoned data) and for baselines. Images go
+    through :class:`ImageClassificationTransform` (random flip and crop with padding
+    when ``augment``, then ``image_processor``); evaluation data is never augmented.
+
+    Returns the ``Trainer`` after training, not the model: it carries the trained
+    model (``trainer.model``), the log history (``trainer.state.log_history``) and
+    ``evaluate`` / ``save_model``. Pass ``train=False`` to get it set up but untrained.
+
+    ``args`` is not modified; if it has ``remove_unused_columns=True`` (the
+    ``TrainingArguments`` default) a copy with ``False`` is used, since the raw image
+    column must reach the transform. ``callbacks`` may include a
+    :class:`BackdoorMetricsCallback`, which is bound to the trainer.
+    """
+    if not isinstance(args, TrainingArguments):
+        raise ValueError(f"args must be transformers.TrainingArguments, got {type(args).__name__}.")
+    num_classes = check_dataset(train_ds, image_column, label_column)
+    model_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if num_classes is not None and model_labels is not None and num_classes > model_labels:
+        raise ValueError(
+            f"Column '{label_column}' has {num_classes} classes but the model has num_labels={model_labels}."
+        )
+    datasets = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
+    for dataset in datasets:
+        if dataset is not None:
+            check_dataset(dataset, image_column, label_column)
+    if args.remove_unused_columns:
+        args = copy.copy(args)
+        args.remove_unused_columns = False
+    train_view = prepare_image_dataset(
+        train_ds, image_processor, augment=augment, image_column=image_column, label_column=label_column,
+        name="train_ds",
+    )
+    eval_view = prepare_image_dataset(
+        eval_dataset, image_processor, augment=False, image_column=image_column, label_column=label_column,
+        name="eval_dataset",
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=ImageClassificationCollator(),
+        train_dataset=train_view,
+        eval_dataset=eval_view,
+        processing_class=image_processor,
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+    )
+    bind_backdoor_callbacks(trainer)
+    if train:
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    return trainer
