@@ -23,7 +23,76 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--attack", default="badnets", choices=["badnets", "blended", "wanet", "sig", "all"])
     demo.add_argument("--output-dir", default="backdoor-guard-demo", help="Where the report is written.")
     demo.add_argument("--seed", type=int, default=0)
+
+    publish = commands.add_parser(
+        "publish",
+        help="Publish a trained model folder or a saved (cleaned) dataset to the Hub with a card.",
+        description="Stage PATH (a save_pretrained model folder or a Dataset.save_to_disk folder) with a card "
+        "from model_cards/ and upload it to REPO_ID. Log in first (huggingface-cli login or HF_TOKEN).",
+    )
+    publish.add_argument("path", metavar="MODEL_DIR_OR_SAVED_DATASET")
+    publish.add_argument("repo_id", metavar="REPO_ID", help="Target repository, user/name.")
+    publish.add_argument("--metrics", help="JSON file {attack: {clean_accuracy, attack_success_rate, "
+                         "robust_accuracy}} (required for a model).")
+    publish.add_argument("--teacher-metrics", help="JSON file with the teacher's metrics, shown for comparison.")
+    publish.add_argument("--card-info", help="JSON file with card details (base_dataset, teacher, diffusion_model, "
+                         "diffusion_settings, seed, license, ...).")
+    publish.add_argument("--info", action="append", default=[], metavar="KEY=VALUE",
+                         help="One card detail; VALUE is read as JSON when it parses (seed=42). Repeatable.")
+    publish.add_argument("--output-dir", help="Staging folder (default: a new temporary folder).")
+    publish.add_argument("--no-push", action="store_true", help="Only stage the files and the card.")
+    publish.add_argument("--private", action="store_true", help="Create the repository as private.")
+    publish.add_argument("--commit-message", help="Commit message of the upload.")
+    publish.add_argument("--image-column", default="image", help="Datasets: the column with the variations.")
+    publish.add_argument("--label-column", default="label", help="Datasets: the label column.")
+    publish.add_argument("--keep-source-images", action="store_true",
+                         help="Datasets: keep the source (possibly poisoned) image columns.")
+    publish.add_argument("--keep-poisoning-columns", action="store_true",
+                         help="Datasets: keep ground-truth columns such as poisoned / original_label.")
     return parser
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    import json
+
+    from .hub import PublishError, publish_path, read_metrics_file
+
+    card_info: dict = {}
+    if args.card_info:
+        with open(args.card_info, encoding="utf-8") as handle:
+            card_info = json.load(handle)
+        if not isinstance(card_info, dict):
+            raise SystemExit(f"--card-info {args.card_info} must hold a JSON object.")
+    for item in args.info:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--info expects KEY=VALUE, got {item!r}.")
+        try:
+            card_info[key] = json.loads(value)
+        except json.JSONDecodeError:
+            card_info[key] = value
+    options = dict(card_info, output_dir=args.output_dir, push=not args.no_push, private=True if args.private else None)
+    if args.commit_message:
+        options["commit_message"] = args.commit_message
+    try:
+        staged = publish_path(
+            args.path,
+            args.repo_id,
+            metrics=read_metrics_file(args.metrics) if args.metrics else None,
+            teacher_metrics=read_metrics_file(args.teacher_metrics) if args.teacher_metrics else None,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            keep_source_images=args.keep_source_images,
+            keep_poisoning_columns=args.keep_poisoning_columns,
+            **options,
+        )
+    except (ValueError, PublishError) as err:  # bad input or failed upload: a message, not a traceback
+        logging.getLogger(__name__).error("backdoor-guard publish: %s", err)
+        return 1
+    logging.getLogger(__name__).info(
+        "Staged in %s%s", staged, "" if args.no_push else f" and uploaded to {args.repo_id}"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo_cli
 
         return run_demo_cli(args)
+    if args.command == "publish":
+        return _run_publish(args)
     return 2
 
 
