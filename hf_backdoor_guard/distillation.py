@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
+from .training import CheckpointReloadMixin, RawImageDatasetMixin, bind_backdoor_callbacks
+
 from .transforms import (
     TEACHER_LOGITS,
     TEACHER_PIXELS,
@@ -161,7 +163,7 @@ def _has_cache(dataset: Any) -> bool:
     return dataset is not None and TEACHER_LOGITS in (getattr(dataset, "column_names", None) or [])
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
     """A ``Trainer`` that distils ``model`` (the student) from a frozen ``teacher_model``.
 
     Args:
@@ -182,8 +184,11 @@ class DistillationTrainer(Trainer):
             ``teacher_pixel_values`` of the same augmented image. Loaded from the teacher's
             folder when the teacher is given as a path; else the student's is used.
 
-    Everything else goes to ``transformers.Trainer``. Only ``compute_loss`` (and, for
-    unlabelled evaluation, ``prediction_step``) differ from it.
+    Everything else goes to ``transformers.Trainer``. Beyond ``compute_loss`` (and, for
+    unlabelled evaluation, ``prediction_step``) it differs only in that ``evaluate`` and
+    ``predict`` accept raw image datasets too, and that checkpoints are reloaded through
+    ``from_pretrained`` (see :class:`~hf_backdoor_guard.training.CheckpointReloadMixin`).
+    The teacher is not part of checkpoints: pass it again when resuming.
     """
 
     # compute_loss returns a per-batch mean, so the Trainer must divide it by the number
@@ -266,12 +271,11 @@ class DistillationTrainer(Trainer):
 
         self.teacher = teacher_model
         self.teacher_processing_class = teacher_processing_class
+        self.image_column, self.label_column = args.image_column, args.label_column
         if self.teacher is not None:
             self.teacher.eval()
             self.teacher.requires_grad_(False)
             self.teacher.to(self.args.device)
-
-        from .training import bind_backdoor_callbacks
 
         bind_backdoor_callbacks(self)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -12,6 +13,78 @@ from .transforms import ImageClassificationCollator, prepare_image_dataset
 from .validation import check_dataset, check_target_label
 
 logger = logging.getLogger(__name__)
+
+
+class CheckpointReloadMixin:
+    """Reload checkpoints through ``from_pretrained`` so renamed weights are converted.
+
+    transformers 5 renames some models' parameters in memory (ViT: ``vit.encoder.layer.N``
+    became ``vit.layers.N``) and converts back to the old names in ``save_pretrained``,
+    but ``Trainer`` reloads checkpoints (``resume_from_checkpoint``,
+    ``load_best_model_at_end``) with a raw, non-strict ``load_state_dict``: every renamed
+    weight is silently skipped and training resumes from the initial weights. Loading
+    the checkpoint with ``from_pretrained`` applies the conversion; the weights are then
+    copied strictly. DeepSpeed, FSDP, PEFT and SageMaker keep the Trainer's own path.
+    """
+
+    def _reload_plain_checkpoint(self, folder: str | None, model=None) -> bool:
+        from transformers import PreTrainedModel
+
+        if not folder or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return False
+        if not any(os.path.isfile(os.path.join(folder, name))
+                   for name in ("model.safetensors", "model.safetensors.index.json")):
+            return False
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not isinstance(target, PreTrainedModel) or hasattr(target, "peft_config"):
+            return False
+        logger.info("Loading model weights from %s", folder)
+        loaded = type(target).from_pretrained(
+            folder, config=target.config, use_safetensors=True, trust_remote_code=False
+        )
+        target.load_state_dict(loaded.state_dict(), strict=True)
+        return True
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self._reload_plain_checkpoint(resume_from_checkpoint, model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        if not self._reload_plain_checkpoint(self.state.best_model_checkpoint):
+            super()._load_best_model()
+
+
+class RawImageDatasetMixin:
+    """Let ``evaluate(ds)`` / ``predict(ds)`` take raw image datasets, as ``__init__`` does.
+
+    Datasets passed later get the same unaugmented :class:`ImageClassificationTransform`
+    (student processor, and the teacher's where it differs).
+    """
+
+    image_column: str = "image"
+    label_column: str = "label"
+    teacher_processing_class: Any = None
+
+    def _prepare_later_dataset(self, dataset, name):
+        from datasets import Dataset
+
+        if not isinstance(dataset, Dataset):
+            return dataset
+        return prepare_image_dataset(
+            dataset, self.processing_class, augment=False, teacher_image_processor=self.teacher_processing_class,
+            image_column=self.image_column, label_column=self.label_column, name=name,
+        )
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return super().get_eval_dataloader(self._prepare_later_dataset(eval_dataset, "eval_dataset"))
+
+    def get_test_dataloader(self, test_dataset):
+        return super().get_test_dataloader(self._prepare_later_dataset(test_dataset, "test_dataset"))
+
+
+class ImageClassifierTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
+    """The plain ``Trainer`` with checkpoint reloading that converts renamed weights,
+    and ``evaluate``/``predict`` that accept raw image datasets."""
 
 
 class BackdoorMetricsCallback(TrainerCallback):
@@ -134,7 +207,8 @@ def train_classifier(
     through :class:`ImageClassificationTransform` (random flip and crop with padding
     when ``augment``, then ``image_processor``); evaluation data is never augmented.
 
-    Returns the ``Trainer`` after training, not the model: it carries the trained
+    Returns the trainer (an :class:`ImageClassifierTrainer`, i.e. a ``Trainer`` whose
+    checkpoint reloading handles renamed weights) after training, not the model: it carries the trained
     model (``trainer.model``), the log history (``trainer.state.log_history``) and
     ``evaluate`` / ``save_model``. Pass ``train=False`` to get it set up but untrained.
 
@@ -166,7 +240,7 @@ def train_classifier(
         eval_dataset, image_processor, augment=False, image_column=image_column, label_column=label_column,
         name="eval_dataset",
     )
-    trainer = Trainer(
+    trainer = ImageClassifierTrainer(
         model=model,
         args=args,
         data_collator=ImageClassificationCollator(),
@@ -176,6 +250,7 @@ def train_classifier(
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
+    trainer.image_column, trainer.label_column = image_column, label_column
     bind_backdoor_callbacks(trainer)
     if train:
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
