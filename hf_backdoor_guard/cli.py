@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser(
         "publish",
         help="Publish a trained model folder or a saved (cleaned) dataset to the Hub with a card.",
-        description="Stage PATH (a save_pretrained model folder or a Dataset.save_to_disk folder) with a card "
-        "from model_cards/ and upload it to REPO_ID. Log in first (huggingface-cli login or HF_TOKEN).",
+        description="Stage a save_pretrained model folder or a Dataset.save_to_disk folder with a card from "
+        "model_cards/ and upload it to REPO_ID. Log in first (hf auth login, or set HF_TOKEN).",
     )
     publish.add_argument("path", metavar="MODEL_DIR_OR_SAVED_DATASET")
     publish.add_argument("repo_id", metavar="REPO_ID", help="Target repository, user/name.")

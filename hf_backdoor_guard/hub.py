@@ -388,7 +388,12 @@ def publish_model(
 def _resolve_model_files(repo_id: str, revision: str | None, token: str | None, cache_dir) -> tuple[Path, list[str]]:
     """Download the safe files of a repo (never pickles); return the folder and the repo's file list."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     local = Path(repo_id).expanduser()
     if local.is_dir():
@@ -406,10 +411,15 @@ def _resolve_model_files(repo_id: str, revision: str | None, token: str | None, 
         ) from err
     except OfflineModeIsEnabled:
         # Offline: use what an earlier download left in the cache.
-        folder = Path(
-            snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir, local_files_only=True,
-                              allow_patterns=safe_patterns)
-        )
+        try:
+            folder = Path(
+                snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
+                                  local_files_only=True, allow_patterns=safe_patterns)
+            )
+        except LocalEntryNotFoundError as err:
+            raise FileNotFoundError(
+                f"Hub access is switched off (HF_HUB_OFFLINE) and '{repo_id}' is not in the local cache."
+            ) from err
         return folder, sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     files = sorted(s.rfilename for s in info.siblings or [])
     _check_model_files(repo_id, files)
@@ -534,6 +544,7 @@ def publish_dataset(
     """
     from datasets import Dataset, DatasetDict
     from datasets.table import embed_table_storage
+    from datasets.utils import logging as datasets_logging
     from tqdm.auto import tqdm
 
     from .validation import check_dataset
@@ -551,6 +562,7 @@ def publish_dataset(
         raise ValueError(f"max_shard_size must be a positive number of bytes, got {max_shard_size!r}.")
     info = _check_card_info(card_info)
     prepared = {}
+    sensitive: set[str] = set()  # what the defaults would leave out
     for split, part in splits.items():
         if not re.fullmatch(r"\w+(\.\w+)*", split):
             raise ValueError(f"Split name '{split}' is not valid on the Hub (use letters, digits, '_' and '.').")
@@ -559,6 +571,7 @@ def publish_dataset(
         except ValueError as err:
             raise ValueError(f"Split '{split}': {err}") from err
         drop = _columns_to_drop(part, image_column, keep_source_images, keep_poisoning_columns)
+        sensitive.update(_columns_to_drop(part, image_column, False, False))
         prepared[split] = (part.remove_columns(drop) if drop else part, drop)
     columns = {tuple(part.column_names) for part, _ in prepared.values()}
     if len(columns) > 1:
@@ -606,6 +619,7 @@ def publish_dataset(
         image_column=image_column,
         label_column=label_column,
         dropped_columns=dropped,
+        kept_sensitive=sorted(sensitive - set(dropped)),
         citation=_template("citation.md").strip(),
     )
 
@@ -617,11 +631,18 @@ def publish_dataset(
         num_shards = max(1, math.ceil(part.data.nbytes / max_shard_size)) if len(part) else 1
         num_shards = min(num_shards, max(1, len(part)))
         jobs += [(split, part, index, num_shards) for index in range(num_shards)]
-    for split, part, index, num_shards in tqdm(jobs, desc="Writing parquet shards", unit="shard"):
-        shard = part.shard(num_shards=num_shards, index=index, contiguous=True)
-        # Images stored as local paths must travel as bytes, as push_to_hub does.
-        shard = shard.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True)
-        shard.to_parquet(str(data_dir / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
+    # One bar for the whole job instead of two datasets bars per shard.
+    inner_bars = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        for split, part, index, num_shards in tqdm(jobs, desc="Writing parquet shards", unit="shard"):
+            shard = part.shard(num_shards=num_shards, index=index, contiguous=True)
+            # Images stored as local paths must travel as bytes, as push_to_hub does.
+            shard = shard.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True)
+            shard.to_parquet(str(data_dir / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
+    finally:
+        if inner_bars:
+            datasets_logging.enable_progress_bar()
     card.save(staged / "README.md")
     logger.info("Staged dataset for %s in %s (%d rows)", repo_id, staged, rows)
     if push:

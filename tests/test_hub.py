@@ -412,11 +412,13 @@ def test_dataset_column_checks_and_opt_ins(tmp_path):
     assert reloaded.column_names == ds.column_names
     assert list(reloaded["poisoned"]) == list(ds["poisoned"])
     assert (ds.column_names, ds._fingerprint) == before  # the user's dataset is untouched
+    assert "**Kept on request:** `original_label`, `poisoned`, `source_image`." in (staged / "README.md").read_text()
 
     staged = hub.publish_dataset(ds, "hbg/x", output_dir=tmp_path / "clean", push=False, base_dataset="my digits")
     text = (staged / "README.md").read_text()
     assert "Left out on purpose: `original_label`, `poisoned`, `source_image`" in text
     assert "my digits" in text and "2310.06372" in text and "configs:" in text
+    assert "Kept on request" not in text
 
 
 # ============================================================== command line
@@ -472,3 +474,9 @@ def test_templates_ship_in_the_wheel():
         if path.is_file() and path.suffix != ".py":
             assert any(fnmatch.fnmatch(path.name, pat) for pat in patterns), path.name
     assert "{{ card_data }}" in hub._template("model_card.md") and "{{ card_data }}" in hub._template("dataset_card.md")
+
+
+def test_offline_without_a_cached_copy_is_a_clear_error():
+    # conftest.py switches the Hub off (HF_HUB_OFFLINE=1) for this process.
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE.*'hbg/never-downloaded' is not in the local cache"):
+        hub.load_robust_model("hbg/never-downloaded")
