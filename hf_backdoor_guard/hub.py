@@ -199,7 +199,8 @@ def _percent(value: float) -> str:
 
 def _rows(metrics: Mapping[str, Mapping[str, float]]) -> list[dict[str, str]]:
     return [
-        {"attack": attack, **{key: _percent(values[key]) for key in METRIC_KEYS}} for attack, values in metrics.items()
+        {"attack": _fmt(attack), **{key: _percent(values[key]) for key in METRIC_KEYS}}
+        for attack, values in metrics.items()
     ]
 
 
@@ -233,11 +234,13 @@ def build_model_card(
     base_dataset = info.get("base_dataset") or "unknown dataset"
     split = info.get("eval_split") or "test"
     model_name = info.get("model_name") or repo_id.split("/")[-1]
+    # model-index wants an id-like dataset type; free-form names become a slug (the name stays readable).
+    dataset_type = (_hub_dataset_ids(base_dataset) or [re.sub(r"[^\w.-]+", "-", base_dataset).strip("-").lower() or "custom"])[0]
     eval_results = [
         EvalResult(
             task_type="image-classification",
             task_name="Image Classification",
-            dataset_type=base_dataset,
+            dataset_type=dataset_type,
             dataset_name=f"{base_dataset} ({attack} backdoor)",
             dataset_config=attack,
             dataset_split=split,
@@ -487,10 +490,14 @@ def load_robust_model(
 
 
 def _size_category(rows: int) -> str:
-    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if rows < limit:
-            return label
-    return "n>1M"
+    """The Hub's ``size_categories`` tag for ``rows`` examples."""
+    bounds = ["1K", "10K", "100K", "1M", "10M", "100M", "1B", "10B", "100B", "1T"]
+    if rows < 1_000:
+        return "n<1K"
+    for exponent, (low, high) in enumerate(zip(bounds, bounds[1:]), start=3):
+        if rows < 10 ** (exponent + 1):
+            return f"{low}<n<{high}"
+    return "n>1T"
 
 
 def _columns_to_drop(ds, image_column: str, keep_source_images: bool, keep_poisoning_columns: bool) -> list[str]:
@@ -591,7 +598,8 @@ def publish_dataset(
         task_categories=["image-classification"],
         tags=tags,
         size_categories=[_size_category(rows)],
-        source_datasets=_hub_dataset_ids(info.get("base_dataset")),
+        # "extended|<id>": the Hub's convention for data derived from another dataset.
+        source_datasets=[f"extended|{name}" for name in _hub_dataset_ids(info.get("base_dataset")) or []] or None,
         pretty_name=pretty_name,
         configs=[
             {

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
-from huggingface_hub import ModelCard
+from huggingface_hub import DatasetCard, ModelCard
 from PIL import Image as PILImage
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 from transformers.utils import logging as hf_logging
@@ -335,6 +335,10 @@ def test_publish_dataset_uploads_a_dataset_repo(recording_api, tmp_path):
     assert upload["repo_type"] == "dataset" and upload["folder_path"] == str(staged)
     assert upload["commit_message"] == "Upload cleaned dataset made with hf-backdoor-guard"
     assert upload["files"] == ["README.md", "data/train-00000-of-00001.parquet"]
+    data = DatasetCard.load(staged / "README.md").data
+    assert data.license == "mit" and data.task_categories == ["image-classification"]
+    assert data.size_categories == ["n<1K"] and data.source_datasets == ["extended|uoft-cs/cifar10"]
+    assert data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
 
 
 def test_failed_upload_keeps_the_staged_folder_and_names_it(recording_api, tmp_path):
