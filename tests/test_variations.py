@@ -1,0 +1,257 @@
+"""ImageVariation over tiny random pipelines of every diffusers family (built in code, offline)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, Value
+from datasets.fingerprint import Hasher
+from PIL import Image
+
+import hf_backdoor_guard as hbg
+from hf_backdoor_guard.variations import lab_to_rgb, rgb_to_lab, transfer_color, variation_seed
+from tiny_pipelines import FAMILIES, saved_family
+
+# 2-4 steps per family; SDEdit families need steps * strength >= 1.
+FAST = {
+    "sd-image-variation": dict(num_inference_steps=2),
+    "versatile": dict(num_inference_steps=2),
+    "unclip-img2img": dict(num_inference_steps=2),
+    "kandinsky22": dict(num_inference_steps=2, strength=0.5, prior_kwargs={"num_inference_steps": 2}),
+    "sd-img2img": dict(num_inference_steps=4, strength=0.5),
+    "flux-redux": dict(num_inference_steps=2),
+    "ddim": dict(num_inference_steps=4, strength=0.5, eta=1.0),
+    "ddpm": dict(num_inference_steps=4, strength=0.5),
+}
+ADAPTER = {
+    "sd-image-variation": "SDImageVariationAdapter", "versatile": "VersatileDiffusionAdapter",
+    "unclip-img2img": "StableUnCLIPImg2ImgAdapter", "kandinsky22": "Kandinsky22Adapter",
+    "sd-img2img": "Img2ImgAdapter", "flux-redux": "FluxReduxAdapter",
+    "ddim": "UnconditionalSDEditAdapter", "ddpm": "UnconditionalSDEditAdapter",
+}
+
+
+def load(name, **options):
+    path, extra = saved_family(name)
+    return hbg.ImageVariation.from_pretrained(path, **extra, **{"size": 32, **FAST[name], **options})
+
+
+def random_image(seed, size=(32, 32), mode="RGB"):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    # smooth blobs, so that colour statistics mean something
+    pixels = np.asarray(Image.fromarray(pixels).resize((4, 4)).resize(size, Image.BICUBIC))
+    return Image.fromarray(pixels).convert(mode)
+
+
+@pytest.fixture(scope="module")
+def mixed_ds():
+    """RGB, grayscale and RGBA images of different sizes, with labels and an extra column."""
+    images = [random_image(0), random_image(1, (24, 40), "L"), random_image(2, (40, 32), "RGBA")]
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b", "c"]), "note": Value("string")})
+    return Dataset.from_dict({"image": images, "label": [0, 1, 2], "note": ["x", "y", "z"]}, features=features)
+
+
+def as_array(image):
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_family_loads_offline_and_varies_a_dataset(name, mixed_ds):
+    variation = load(name, num_variations=2)
+    assert type(variation.adapter).__name__ == ADAPTER[name]
+    out = mixed_ds.map(variation, batched=True, batch_size=2, with_indices=True)
+
+    assert len(out) == 2 * len(mixed_ds)
+    assert out.column_names == ["image", "label", "note", "source_index", "variation_index"]
+    assert out.features["label"] == mixed_ds.features["label"]
+    assert out["source_index"] == [0, 0, 1, 1, 2, 2]
+    assert out["variation_index"] == [0, 1, 0, 1, 0, 1]
+    assert out["label"] == [0, 0, 1, 1, 2, 2] and out["note"] == ["x", "x", "y", "y", "z", "z"]
+    for row in out:
+        source = mixed_ds[row["source_index"]]["image"]
+        assert row["image"].mode == "RGB" and row["image"].size == source.size
+    # two variations of a row differ from each other and from the source
+    first, second = as_array(out[0]["image"]), as_array(out[1]["image"])
+    assert np.abs(first - second).mean() > 1
+    assert np.abs(first - as_array(mixed_ds[0]["image"])).mean() > 1
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_built_and_reloaded_pipelines_have_the_same_fingerprint(name):
+    pipeline, prior = FAMILIES[name]()
+    built = hbg.ImageVariation(pipeline, prior=prior, size=32, **FAST[name])
+    assert built.fingerprint == load(name).fingerprint
+
+
+def test_from_pretrained_recognises_ddpm_and_ddim_folders():
+    for name in ("ddim", "ddpm"):
+        path, _ = saved_family(name)
+        assert json.loads((path / "model_index.json").read_text())["_class_name"] == f"{name.upper()}Pipeline"
+        variation = load(name)
+        assert type(variation.adapter.pipeline).__name__ == f"{name.upper()}Pipeline"
+    assert load("ddim").adapter.uses_eta and not load("ddpm").adapter.uses_eta
+
+
+def test_same_variations_whatever_batch_size_or_order():
+    for name in ("ddim", "sd-image-variation"):
+        variation = load(name, num_variations=2)
+        images = [random_image(i) for i in range(3)]
+        together = variation.generate(images, [10, 11, 12])
+        one_by_one = [variation.generate([images[i]], [10 + i]) for i in (2, 1, 0)][::-1]  # reversed order
+        one_by_one = [image for pair in one_by_one for image in pair]
+        for a, b in zip(together, one_by_one):
+            # batched float kernels may round one 8-bit level differently, never more
+            assert np.abs(as_array(a) - as_array(b)).max() <= 1
+        again = variation.generate(images, [10, 11, 12])
+        assert all(np.array_equal(as_array(a), as_array(b)) for a, b in zip(together, again))
+        other_seed = load(name, num_variations=2, seed=7).generate(images, [10, 11, 12])
+        assert np.abs(as_array(together[0]) - as_array(other_seed[0])).mean() > 1
+        other_row = variation.generate(images[:1], [99])
+        assert np.abs(as_array(together[0]) - as_array(other_row[0])).mean() > 1
+
+
+def test_variation_seed_is_a_stable_mix():
+    seeds = {variation_seed(42, row, v) for row in range(50) for v in range(4)}
+    assert len(seeds) == 200
+    assert variation_seed(42, 3, 1) == variation_seed(42, 3, 1) != variation_seed(43, 3, 1)
+    assert variation_seed(0, 0, 0) == 393751907897447445  # pinned: results must not change
+
+
+def test_unconditional_sdedit_strength_and_stochastic_denoising():
+    source = [random_image(5)]
+    weak = load("ddim", strength=0.1, num_inference_steps=20, color_transfer=False).generate(source, [0])[0]
+    strong = load("ddim", strength=1.0, num_inference_steps=4, color_transfer=False).generate(source, [0])[0]
+    base = as_array(source[0])
+    assert np.abs(as_array(weak) - base).mean() < np.abs(as_array(strong) - base).mean()
+    deterministic = load("ddim", eta=0.0, color_transfer=False).generate(source, [0])[0]
+    stochastic = load("ddim", eta=1.0, color_transfer=False).generate(source, [0])[0]
+    assert np.abs(as_array(deterministic) - as_array(stochastic)).mean() > 0.5
+
+
+def test_lab_conversion_matches_reference_values():
+    lab = rgb_to_lab(np.array([[255, 255, 255], [255, 0, 0], [0, 0, 0], [0, 255, 0]], dtype=np.uint8))
+    np.testing.assert_allclose(lab[0], [100, 0, 0], atol=0.01)
+    np.testing.assert_allclose(lab[1], [53.24, 80.09, 67.20], atol=0.02)
+    np.testing.assert_allclose(lab[2], [0, 0, 0], atol=0.01)
+    np.testing.assert_allclose(lab[3], [87.73, -86.18, 83.18], atol=0.02)
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    back = np.round(lab_to_rgb(rgb_to_lab(pixels)) * 255)
+    assert np.abs(back - pixels).max() <= 1
+
+
+def test_color_transfer_moves_lab_statistics_to_the_source():
+    source = np.asarray(random_image(1))
+    target = (np.asarray(random_image(2)) * 0.5 + 60).astype(np.uint8)
+    moved = transfer_color(source, target)
+    s, m, t = (rgb_to_lab(x).reshape(-1, 3) for x in (source, moved, target))
+    assert np.abs(m.mean(0) - s.mean(0)).max() < 1.5 < np.abs(t.mean(0) - s.mean(0)).max()
+    assert np.abs(m.std(0) - s.std(0)).max() < 1.5
+    flat = np.full((8, 8, 3), 128, np.uint8)
+    assert transfer_color(flat, flat).std() == 0  # a flat image stays flat (no division by zero)
+
+
+def test_color_transfer_option_in_the_pipeline():
+    source = [random_image(3)]
+    on = load("sd-image-variation").generate(source, [0])[0]
+    off = load("sd-image-variation", color_transfer=False).generate(source, [0])[0]
+    reference = rgb_to_lab(np.asarray(source[0])).reshape(-1, 3).mean(0)
+    gap = lambda image: np.abs(rgb_to_lab(np.asarray(image)).reshape(-1, 3).mean(0) - reference).sum()  # noqa: E731
+    assert gap(on) < 2 and gap(off) > gap(on)
+
+
+def test_keep_source_and_sizes(mixed_ds):
+    variation = load("ddim", keep_source=True, resize_to_source=False, size=16)
+    out = mixed_ds.map(variation, batched=True, batch_size=3, with_indices=True,
+                       features=variation.output_features(mixed_ds.features))
+    assert out.column_names == ["image", "label", "note", "source_image", "source_index", "variation_index"]
+    assert all(image.size == (16, 16) for image in out["image"])
+    for row, original in zip(out, mixed_ds):
+        assert np.array_equal(np.asarray(row["source_image"]), np.asarray(original["image"]))
+    named = mixed_ds.map(load("ddim", keep_source="original"), batched=True, with_indices=True)
+    assert "original" in named.column_names and "source_image" not in named.column_names
+    assert "source_image" not in mixed_ds.map(load("ddim"), batched=True, with_indices=True).column_names
+
+
+def test_scheduler_choice_replaces_the_scheduler():
+    variation = load("sd-image-variation", scheduler="DDIMScheduler")
+    assert type(variation.adapter.pipeline.scheduler).__name__ == "DDIMScheduler"
+    assert variation.fingerprint != load("sd-image-variation").fingerprint
+    assert len(variation.generate([random_image(0)], [0])) == 1
+    unconditional = load("ddpm", scheduler="DDIMScheduler", eta=1.0)
+    assert type(unconditional.adapter.scheduler).__name__ == "DDIMScheduler"
+
+
+def test_datasets_fingerprint_is_fast_stable_and_follows_settings(mixed_ds):
+    a, b = load("sd-image-variation"), load("sd-image-variation")
+    assert Hasher.hash(a) == Hasher.hash(b)
+    assert Hasher.hash(a) != Hasher.hash(load("sd-image-variation", seed=1))
+    assert Hasher.hash(a) != Hasher.hash(load("sd-image-variation", dtype=torch.bfloat16))
+    first = mixed_ds.map(a, batched=True, with_indices=True)
+    assert first._fingerprint == mixed_ds.map(b, batched=True, with_indices=True)._fingerprint
+
+
+def test_bad_options_raise_before_generation(tmp_path, mixed_ds):
+    with pytest.raises(ValueError, match="Unsupported pipeline class Linear"):
+        hbg.ImageVariation(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="no model_index.json"):
+        hbg.ImageVariation.from_pretrained(tmp_path)
+    foreign = tmp_path / "foreign"
+    shutil.copytree(saved_family("ddim")[0], foreign)
+    (foreign / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(ValueError, match="Unsupported pipeline class StableDiffusionPipeline"):
+        hbg.ImageVariation.from_pretrained(foreign)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        load("sd-image-variation", size=30)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        load("flux-redux", size=(32, 36))
+    with pytest.raises(ValueError, match="num_variations"):
+        load("ddim", num_variations=0)
+    for strength in (0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"strength must lie in \(0, 1\]"):
+            load("sd-img2img", strength=strength)
+    with pytest.raises(ValueError, match="strength is not used"):
+        load("sd-image-variation", strength=0.5)
+    with pytest.raises(ValueError, match="0 denoising steps"):
+        load("sd-img2img", num_inference_steps=2, strength=0.3)
+    with pytest.raises(ValueError, match="guidance_scale is not used"):
+        load("ddim", guidance_scale=3.0)
+    with pytest.raises(ValueError, match="eta is not used"):
+        load("ddpm", eta=1.0)
+    with pytest.raises(ValueError, match="no text prompt"):
+        load("sd-image-variation", prompt="a cat")
+    with pytest.raises(ValueError, match="keep_source"):
+        load("ddim", keep_source="image")
+    path, extra = saved_family("kandinsky22")
+    with pytest.raises(ValueError, match="needs its prior"):
+        hbg.ImageVariation.from_pretrained(path, size=32)
+    with pytest.raises(ValueError, match="prior stage"):
+        hbg.ImageVariation.from_pretrained(extra["prior"], size=32)
+
+    variation = load("ddim")
+    calls = []
+    variation.adapter.generate = lambda *args: calls.append(args)
+    with pytest.raises(ValueError, match="Image column 'image' not found"):
+        mixed_ds.rename_column("image", "picture").map(variation, batched=True, with_indices=True)
+    with pytest.raises(ValueError, match="with_indices=True"):
+        mixed_ds.map(variation, batched=True)
+    with pytest.raises(ValueError, match="batched=True"):
+        mixed_ds.map(variation, with_indices=True)
+    with pytest.raises(ValueError, match="already has column"):
+        mixed_ds.add_column("source_index", [0, 1, 2]).map(variation, batched=True, with_indices=True)
+    assert calls == []
+
+
+def test_embedded_default_runs():
+    embedded = pytest.importorskip("hf_backdoor_guard.embedded")
+    variation = hbg.ImageVariation.embedded(num_variations=2)
+    for key, value in embedded.EMBEDDED_VARIATION_DEFAULTS.items():
+        if key in ("num_inference_steps", "strength", "color_transfer"):
+            assert getattr(variation, key) == value
+    assert variation.adapter.pipeline.unet.dtype == torch.float32
+    ds = Dataset.from_dict({"image": [random_image(0, (8, 8), "L")], "label": [1]})
+    out = ds.map(variation, batched=True, with_indices=True)
+    assert len(out) == 2 and out[0]["image"].size == (8, 8)
+    assert hbg.ImageVariation.embedded(num_variations=3).num_variations == 3  # options override defaults
