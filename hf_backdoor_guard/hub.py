@@ -235,7 +235,8 @@ def build_model_card(
     split = info.get("eval_split") or "test"
     model_name = info.get("model_name") or repo_id.split("/")[-1]
     # model-index wants an id-like dataset type; free-form names become a slug (the name stays readable).
-    dataset_type = (_hub_dataset_ids(base_dataset) or [re.sub(r"[^\w.-]+", "-", base_dataset).strip("-").lower() or "custom"])[0]
+    slug = re.sub(r"[^\w.-]+", "-", base_dataset).strip("-").lower() or "custom"
+    dataset_type = (_hub_dataset_ids(base_dataset) or [slug])[0]
     eval_results = [
         EvalResult(
             task_type="image-classification",
@@ -269,7 +270,7 @@ def build_model_card(
         template_str=_template("model_card.md"),
         model_name=model_name,
         repo_id=repo_id,
-        base_dataset=base_dataset,
+        base_dataset=_fmt(base_dataset),
         eval_split=split,
         target_label=info.get("target_label"),
         poison_rate=info.get("poison_rate"),
@@ -406,7 +407,9 @@ def _resolve_model_files(repo_id: str, revision: str | None, token: str | None, 
     try:
         info = HfApi(token=token).model_info(repo_id, revision=revision or "main")
     except RevisionNotFoundError as err:
-        raise FileNotFoundError(f"Revision '{revision}' of model '{repo_id}' does not exist on {constants.ENDPOINT}.") from err
+        raise FileNotFoundError(
+            f"Revision '{revision}' of model '{repo_id}' does not exist on {constants.ENDPOINT}."
+        ) from err
     except RepositoryNotFoundError as err:
         raise FileNotFoundError(
             f"Model repository '{repo_id}' was not found on {constants.ENDPOINT} "
@@ -613,7 +616,7 @@ def publish_dataset(
         template_str=_template("dataset_card.md"),
         pretty_name=pretty_name,
         repo_id=repo_id,
-        base_dataset=base_dataset,
+        base_dataset=_fmt(base_dataset),
         attack=info.get("attack"),
         poison_rate=info.get("poison_rate"),
         target_label=info.get("target_label"),
@@ -678,7 +681,8 @@ def read_metrics_file(path: str | os.PathLike) -> dict[str, dict[str, float]]:
 def _path_kind(path: Path) -> str:
     if (path / "config.json").is_file():
         return "model"
-    if (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file()):
+    saved_split = (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+    if saved_split or (path / "dataset_dict.json").is_file():
         return "dataset"
     raise ValueError(
         f"'{path}' is neither a saved model folder (config.json + model.safetensors, from save_pretrained) "
@@ -711,7 +715,9 @@ def publish_path(
     kind = _path_kind(path)
     if kind == "model":
         if metrics is None:
-            raise ValueError("Publishing a model needs its metrics (--metrics metrics.json), so the card can state them.")
+            raise ValueError(
+                "Publishing a model needs its metrics (--metrics metrics.json), so the card can state them."
+            )
         metrics = _check_metrics(metrics)
         files = sorted(p.name for p in path.iterdir() if p.is_file())
         _check_model_files(str(path), files + ["README.md"])  # the card is written by us

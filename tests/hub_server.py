@@ -111,11 +111,12 @@ class LocalHub:
         deadline = time.monotonic() + timeout
         # "/" answers 500 on olah; any API path that answers (even 401 for an unknown repo) means ready.
         probe = f"{self.endpoint}/api/models/probe/probe/revision/main"
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a CI proxy must not answer for us
         while True:
             if self._process.poll() is not None:
                 raise RuntimeError(f"olah exited early; log:\n{self.log(4000)}")
             try:
-                urllib.request.urlopen(probe, timeout=1)
+                direct.open(probe, timeout=1)
                 return
             except urllib.error.HTTPError:
                 return
