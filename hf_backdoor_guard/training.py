@@ -7,6 +7,7 @@ import logging
 import os
 from typing import Any
 
+import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .transforms import ImageClassificationCollator, prepare_image_dataset
@@ -106,7 +107,9 @@ class BackdoorMetricsCallback(TrainerCallback):
         target_label: the backdoor's target class.
         image_processor: the evaluated model's processor.
         batch_size: images per forward pass.
-        metric_key_prefix: prefix of the logged keys.
+        metric_key_prefix: prefix of the logged keys when the Trainer's own prefix cannot be
+            read from the metrics (with a dict of eval sets the keys follow the Trainer:
+            ``eval_<name>_attack_success_rate``; the test set is evaluated once per step).
 
     In multi-process runs every process evaluates the whole test set, so all processes
     hold the same metrics.
@@ -140,7 +143,7 @@ class BackdoorMetricsCallback(TrainerCallback):
         self.metric_key_prefix = metric_key_prefix
         self.triggered_ds = triggered_testset(test_ds, attack, target_label, image_column, label_column)
         self.trainer = None
-        self._last: tuple[int, dict] | None = None
+        self._last: tuple[tuple, dict] | None = None
 
     def bind(self, trainer: Trainer) -> BackdoorMetricsCallback:
         """Log through ``trainer`` (reaches its ``report_to`` integrations)."""
@@ -150,7 +153,7 @@ class BackdoorMetricsCallback(TrainerCallback):
         return self
 
     def compute(self, model) -> dict[str, float]:
-        """The prefixed backdoor metrics of ``model`` now."""
+        """``clean_accuracy``, ``attack_success_rate`` and ``robust_accuracy`` of ``model`` now."""
         from .evaluation import evaluate_backdoor
 
         result = evaluate_backdoor(
@@ -158,25 +161,39 @@ class BackdoorMetricsCallback(TrainerCallback):
             image_column=self.image_column, label_column=self.label_column, triggered_ds=self.triggered_ds,
             progress=False,
         )
-        return {f"{self.metric_key_prefix}_{key}": float(value) for key, value in result.items()}
+        return {key: float(value) for key, value in result.items()}
+
+    @staticmethod
+    def _weights_key(model) -> tuple:
+        # Cheap identity of the current weights (one sum per tensor), far cheaper than an evaluation.
+        with torch.no_grad():
+            return tuple(float(p.detach().double().sum()) for p in model.parameters())
+
+    def _prefix(self, metrics: dict | None) -> str:
+        # The Trainer's prefix for this evaluation ("eval", or "eval_<name>" for a dict of eval sets).
+        for key in metrics or {}:
+            if key.endswith("_runtime"):
+                return key[: -len("_runtime")]
+        return self.metric_key_prefix
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         if model is None:
             return
-        # With several eval datasets on_evaluate fires once per dataset: evaluate once per step.
-        if self._last is not None and self._last[0] == state.global_step and state.global_step > 0:
-            results, fresh = self._last[1], False
+        # With several eval datasets on_evaluate fires once per dataset: evaluate the same
+        # weights only once (a reloaded best model at the same step counts as new weights).
+        key = (state.global_step, self._weights_key(model))
+        if self._last is not None and self._last[0] == key:
+            results = self._last[1]
         else:
-            results, fresh = self.compute(model), True
-            self._last = (state.global_step, results)
+            results = self.compute(model)
+            self._last = (key, results)
+        prefixed = {f"{self._prefix(metrics)}_{name}": value for name, value in results.items()}
         if metrics is not None:
-            metrics.update(results)
-        if not fresh:
-            return
+            metrics.update(prefixed)
         if self.trainer is not None:
-            self.trainer.log(dict(results))
+            self.trainer.log(dict(prefixed))
         else:
-            state.log_history.append({**results, "step": state.global_step})
+            state.log_history.append({**prefixed, "step": state.global_step})
 
 
 def bind_backdoor_callbacks(trainer: Trainer) -> None:
