@@ -484,3 +484,10 @@ def test_offline_without_a_cached_copy_is_a_clear_error():
     # conftest.py switches the Hub off (HF_HUB_OFFLINE=1) for this process.
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE.*'hbg/never-downloaded' is not in the local cache"):
         hub.load_robust_model("hbg/never-downloaded")
+
+
+def test_cli_rejects_a_folder_that_is_neither_model_nor_dataset(tmp_path, caplog):
+    (tmp_path / "random").mkdir()
+    (tmp_path / "random" / "notes.txt").write_text("hi")
+    assert main(["publish", str(tmp_path / "random"), "hbg/x", "--no-push"]) == 1
+    assert "neither a saved model folder" in caplog.text
