@@ -1,0 +1,188 @@
+"""Pretrain the embedded diffusion model: a small DDPM on the clean digits split.
+
+The model only ever sees the ``pretrain`` split of ``load_digits_dataset`` (clean
+"public" data, disjoint from the victim's ``train`` split), as the method asks: the
+diffusion model must not have learnt any trigger.
+
+    python recipes/pretrain_embedded_diffusion.py --help
+    python recipes/pretrain_embedded_diffusion.py --output_dir hf_backdoor_guard/embedded/digits_ddpm
+
+The result is a diffusers ``DDIMPipeline`` folder (``model_index.json``, ``unet/``
+with fp16 safetensors, ``scheduler/``) that ``ImageVariation.embedded()`` loads.
+The shipped weights were made with the defaults below on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Runnable from a source checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+logger = logging.getLogger("pretrain_embedded_diffusion")
+
+
+@dataclass
+class PretrainArguments:
+    """Options of the pretraining run (every field is a command-line flag)."""
+
+    output_dir: str = field(
+        default="hf_backdoor_guard/embedded/digits_ddpm",
+        metadata={"help": "Folder the DDIMPipeline is saved to (created; an existing model there is replaced)."},
+    )
+    max_steps: int = field(default=2000, metadata={"help": "Optimiser steps."})
+    batch_size: int = field(default=64, metadata={"help": "Images per step."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate (cosine decay)."})
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the saved weights (0 = no EMA)."})
+    shift: int = field(
+        default=1, metadata={"help": "Random translation in pixels used as augmentation (0 = none)."}
+    )
+    image_size: int = field(default=16, metadata={"help": "Side of the digit images (load_digits_dataset size)."})
+    block_out_channels: str = field(
+        default="32,64,128", metadata={"help": "Channels of the UNet levels, comma-separated."}
+    )
+    layers_per_block: int = field(default=1, metadata={"help": "ResNet layers per UNet level."})
+    num_train_timesteps: int = field(default=1000, metadata={"help": "Diffusion timesteps."})
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation, batches, noise and the data split."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of load_digits_dataset's split (0 = the shipped one)."})
+    fp16: bool = field(default=True, metadata={"help": "Save the weights in float16 (halves the size)."})
+    device: str = field(default="cpu", metadata={"help": "Torch device to train on (cpu, cuda)."})
+    num_threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest on shared 2-core boxes)."})
+    log_every: int = field(default=100, metadata={"help": "Log the mean loss every N steps."})
+
+
+def build_unet(args: PretrainArguments):
+    """The UNet2DModel: attention only at the coarsest level, where it is cheap."""
+    from diffusers import UNet2DModel
+
+    channels = tuple(int(c) for c in args.block_out_channels.split(","))
+    down = ["DownBlock2D"] * (len(channels) - 1) + ["AttnDownBlock2D"]
+    up = ["AttnUpBlock2D"] + ["UpBlock2D"] * (len(channels) - 1)
+    return UNet2DModel(
+        sample_size=args.image_size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=args.layers_per_block,
+        block_out_channels=channels,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=8,
+        attention_head_dim=32,
+    )
+
+
+def build_scheduler(args: PretrainArguments):
+    """Cosine schedule; "trailing" spacing so SDEdit at strength s starts at t = s*T - 1."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=args.num_train_timesteps,
+        beta_schedule="squaredcos_cap_v2",
+        clip_sample=True,
+        timestep_spacing="trailing",
+        prediction_type="epsilon",
+    )
+
+
+def pretrain(args: PretrainArguments) -> Path:
+    """Train the DDPM and save the pipeline; returns the output folder."""
+    import numpy as np
+    import torch
+    from diffusers import DDIMPipeline
+    from tqdm.auto import tqdm
+
+    from hf_backdoor_guard.data import digits_split_arrays
+
+    if args.max_steps < 1 or args.batch_size < 1:
+        raise ValueError("max_steps and batch_size must be >= 1.")
+    if not 0 <= args.ema_decay < 1:
+        raise ValueError(f"ema_decay must lie in [0, 1), got {args.ema_decay}.")
+    torch.set_num_threads(args.num_threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+
+    images, _ = digits_split_arrays(size=args.image_size, seed=args.split_seed)["pretrain"]
+    x_all = torch.from_numpy(images.astype(np.float32)).permute(0, 3, 1, 2).div(127.5).sub(1.0).to(device)  # [-1, 1]
+    logger.info("Pretraining on %d clean images of %dx%d", len(x_all), args.image_size, args.image_size)
+
+    unet = build_unet(args).to(device)
+    scheduler = build_scheduler(args)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False) if args.ema_decay > 0 else None
+    logger.info("UNet2DModel with %.2fM parameters", sum(p.numel() for p in unet.parameters()) / 1e6)
+
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, weight_decay=1e-4)
+
+    def lr_factor(step: int) -> float:
+        if step < args.warmup_steps:
+            return (step + 1) / args.warmup_steps
+        progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    alphas = scheduler.alphas_cumprod.to(device)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    pad = args.shift
+
+    started, running = time.time(), []
+    progress = tqdm(range(args.max_steps), desc="pretrain DDPM", mininterval=5)
+    for step in progress:
+        rows = torch.randint(0, len(x_all), (args.batch_size,), generator=generator)
+        x0 = x_all[rows.to(device)]
+        if pad:
+            # Small random translations: the 600 images are few, and digits are not always centred.
+            padded = torch.nn.functional.pad(x0, (pad, pad, pad, pad), value=-1.0)
+            dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+            x0 = padded[:, :, dy : dy + args.image_size, dx : dx + args.image_size]
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        t = torch.randint(0, args.num_train_timesteps, (args.batch_size,), generator=generator).to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = torch.nn.functional.mse_loss(unet(noisy, t).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        if ema is not None:
+            decay = min(args.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the model
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), unet.parameters()):
+                    p_ema.lerp_(p, 1 - decay)
+        running.append(loss.item())
+        if (step + 1) % args.log_every == 0 or step + 1 == args.max_steps:
+            logger.info("step %d/%d  loss %.4f  (%.0f s)", step + 1, args.max_steps, float(np.mean(running)), time.time() - started)
+            running = []
+
+    final = (ema if ema is not None else unet).to("cpu")
+    if args.fp16:
+        final = final.to(torch.float16)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    DDIMPipeline(unet=final, scheduler=scheduler).save_pretrained(output_dir, safe_serialization=True)
+    with open(output_dir / "training_args.json", "w") as handle:
+        record = asdict(args) | {"seconds": round(time.time() - started, 1), "final_loss": loss.item()}
+        json.dump(record, handle, indent=2)
+    logger.info("Saved the pipeline to %s in %.0f s", output_dir, time.time() - started)
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from transformers import HfArgumentParser
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    (args,) = HfArgumentParser(PretrainArguments).parse_args_into_dataclasses(args=argv)
+    return pretrain(args)
+
+
+if __name__ == "__main__":
+    main()
