@@ -144,24 +144,32 @@ def _check_card_info(card_info: Mapping[str, Any]) -> dict[str, Any]:
     return info
 
 
+def _check_output_dir(output_dir: str | os.PathLike | None) -> None:
+    """Refuse a staging folder that holds someone else's files (checked before any work)."""
+    if output_dir is None:
+        return
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output_dir '{path}' exists and is a file, not a folder.")
+    if path.is_dir() and any(path.iterdir()) and not (path / STAGING_MARKER).is_file():
+        raise ValueError(
+            f"output_dir '{path}' is not empty and was not staged by hf-backdoor-guard; "
+            "refusing to overwrite it. Pass an empty or new folder."
+        )
+
+
 def _prepare_output_dir(output_dir: str | os.PathLike | None, kind: str) -> Path:
-    """Return an empty folder to stage into; refuse folders that hold someone else's files.
+    """Return an empty folder to stage into.
 
     Only a folder we staged before (it carries ``STAGING_MARKER``) is emptied and reused,
     so nothing the user had is ever deleted.
     """
+    _check_output_dir(output_dir)
     if output_dir is None:
         path = Path(tempfile.mkdtemp(prefix=f"hbg-publish-{kind}-"))
     else:
         path = Path(output_dir)
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"output_dir '{path}' exists and is a file, not a folder.")
         if path.is_dir() and any(path.iterdir()):
-            if not (path / STAGING_MARKER).is_file():
-                raise ValueError(
-                    f"output_dir '{path}' is not empty and was not staged by hf-backdoor-guard; "
-                    "refusing to overwrite it. Pass an empty or new folder."
-                )
             for child in path.iterdir():
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)
@@ -363,6 +371,7 @@ def publish_model(
         The staged folder. Raises ``PublishError`` (with ``staged_path``) if the upload fails.
     """
     _check_repo_id(repo_id)
+    _check_output_dir(output_dir)
     if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
         raise ValueError(f"model must be a transformers model with save_pretrained, got {type(model).__name__}.")
     if image_processor is not None and not hasattr(image_processor, "save_pretrained"):
@@ -560,6 +569,7 @@ def publish_dataset(
     from .validation import check_dataset
 
     _check_repo_id(repo_id)
+    _check_output_dir(output_dir)
     if isinstance(ds, Dataset):
         splits = {"train": ds}
     elif isinstance(ds, DatasetDict):
@@ -712,6 +722,7 @@ def publish_path(
     if not path.is_dir():
         raise ValueError(f"'{path}' is not a folder: give a saved model folder or a saved dataset.")
     _check_repo_id(repo_id)
+    _check_output_dir(kwargs.get("output_dir"))
     kind = _path_kind(path)
     if kind == "model":
         if metrics is None:
