@@ -38,6 +38,48 @@ def _atomic_write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+class _SingleProcess:
+    """Stands in for accelerate's PartialState when nothing was launched in parallel."""
+
+    process_index, num_processes, is_main_process = 0, 1, True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+class _TorchDistributed:
+    """A process group someone already started (torchrun, accelerate, a debug launcher)."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.process_index, self.num_processes = dist.get_rank(), dist.get_world_size()
+        self.is_main_process = self.process_index == 0
+
+    def wait_for_everyone(self) -> None:
+        self._dist.barrier()
+
+
+def _process_state():
+    """Rank, world size and barrier of the current launch; one process when nothing was launched.
+
+    Under ``accelerate launch`` / ``torchrun`` accelerate's PartialState sets up the
+    process group; an already initialised ``torch.distributed`` group is used as is. A
+    plain single-process call does not create accelerate's global state as a side effect.
+    """
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or PartialState._shared_state:
+        state = PartialState()
+        if state.num_processes > 1:
+            return state
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return _TorchDistributed()
+    return _SingleProcess()
+
+
 def _shard_name(index: int, count: int) -> str:
     return f"data-{index:05d}-of-{count:05d}.arrow"
 
@@ -60,7 +102,6 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
         The varied dataset, memory-mapped from ``output_dir`` (``num_variations`` rows per
         input row, in input order, with ``source_index`` and ``variation_index``).
     """
-    from accelerate import PartialState
     from datasets import Dataset, DatasetInfo, load_from_disk
     from tqdm.auto import tqdm
 
@@ -80,7 +121,7 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output_dir {output_dir} exists and is not a folder.")
 
-    state = PartialState()
+    state = _process_state()
     rank, world = state.process_index, state.num_processes
     source = ds.with_format(None)  # plain python values whatever format/transform the user set
     features = variation.output_features(ds.features)
@@ -112,8 +153,9 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
 
     has_manifest = check_manifest()
     if not has_manifest and output_dir.is_dir() and any(output_dir.iterdir()):
-        raise ValueError(f"output_dir {output_dir} is not empty and was not written by generate_variations; "
-                         "choose a new or empty folder (nothing there was touched).")
+        found = sorted(path.name for path in output_dir.iterdir())[:3]
+        raise ValueError(f"output_dir {output_dir} is not empty (holds {found}...) and was not written by "
+                         "generate_variations; choose a new or empty folder (nothing there was touched).")
     if state.is_main_process and not has_manifest:
         output_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write_json(manifest_path, {**settings, "batch_size": batch_size,
