@@ -228,7 +228,7 @@ def prepare_image_dataset(
 
     Datasets that already have a transform or format, or that have no image column
     (already preprocessed), are returned as they are. Dicts of datasets are handled
-    key by key.
+    key by key. Datasets with a ``teacher_logits`` cache get no teacher pixels.
     """
     from datasets import Dataset
 
@@ -254,6 +254,8 @@ def prepare_image_dataset(
             "set image_column to the column holding the images."
         )
     check_image_column(dataset, image_column)
+    if TEACHER_LOGITS in dataset.column_names:
+        teacher_image_processor = None  # the teacher never runs on a cached dataset: skip its pixels
     if image_processor is None:
         raise ValueError(
             f"{name} holds raw images in column '{image_column}', so an image processor is needed to turn "

@@ -138,5 +138,12 @@ def test_prepare_leaves_the_user_dataset_alone():
     assert prepare_image_dataset(view, processor, augment=False) is view  # already prepared
     with pytest.raises(ValueError, match="image processor"):
         prepare_image_dataset(ds, None, augment=False)
+    teacher_processor = tiny_vit(image_size=48)[1]
+    assert "teacher_pixel_values" in prepare_image_dataset(
+        ds, processor, augment=False, teacher_image_processor=teacher_processor)[0]
+    cached = ds.add_column("teacher_logits", [[0.0] * 4] * 4)  # the teacher will not run: no teacher pixels
+    assert set(prepare_image_dataset(cached, processor, augment=False,
+                                     teacher_image_processor=teacher_processor)[0]) == {
+        "pixel_values", "labels", "teacher_logits"}
     with pytest.raises(ValueError, match="'picture'"):
         prepare_image_dataset(ds, processor, augment=False, image_column="picture")
