@@ -304,8 +304,10 @@ class DistillationTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
     @torch.no_grad()
     def _teacher_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # Under bf16/fp16 training the accelerator's autocast covers the teacher too.
+        # A teacher kept in half precision needs its inputs in its own dtype.
+        dtype = next(self.teacher.parameters()).dtype
         with self.accelerator.autocast():
-            return self.teacher(pixel_values=pixel_values).logits.float()
+            return self.teacher(pixel_values=pixel_values.to(dtype)).logits.float()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The distillation loss; uses the ``teacher_logits`` cache when the batch has one."""
@@ -396,6 +398,11 @@ def precompute_teacher_logits(
     from .validation import check_image_column
 
     check_image_column(ds, image_column)
+    if ds.format["type"] is not None:
+        raise ValueError(
+            f"The dataset has format {ds.format['type']!r} (e.g. a with_transform); compute the cache on the raw "
+            "dataset and apply transforms afterwards (DistillationTrainer prepares raw datasets itself)."
+        )
     if column in ds.column_names:
         raise ValueError(f"Column '{column}' already exists in the dataset; pass column=... or remove it first.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

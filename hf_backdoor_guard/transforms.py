@@ -93,7 +93,8 @@ class ImageClassificationTransform:
         seed: ``None`` draws from torch's global generator, which ``Trainer`` seeds from
             ``args.seed``, saves in checkpoints (so resumed runs continue the same
             stream) and splits across DataLoader workers. An int gives the transform
-            its own generator, for use outside Trainer.
+            its own generator, for use outside Trainer (each DataLoader worker would
+            get a copy of it, hence the same stream: leave it None there).
 
     Columns named ``teacher_logits`` are passed through untouched (teacher-logit cache).
     """

@@ -218,6 +218,8 @@ def test_precompute_matches_the_teacher_and_leaves_the_input_alone():
         precompute_teacher_logits(teacher, ds)
     with pytest.raises(ValueError, match="'img'"):
         precompute_teacher_logits(teacher, ds, processor, image_column="img")
+    with pytest.raises(ValueError, match="raw"):
+        precompute_teacher_logits(teacher, ds.with_format("torch"), processor)
 
 
 def test_cached_and_online_teacher_give_the_same_training(tmp_path):
@@ -241,6 +243,16 @@ def test_cached_and_online_teacher_give_the_same_training(tmp_path):
 
     online = run(ds, teacher, "online")
     offline = run(cached, None, "cached")  # no teacher at all: the trainer must not need it
+
+    def refuse(*_):
+        raise AssertionError("the teacher ran although the logits are cached")
+
+    hook = teacher.register_forward_pre_hook(refuse)
+    try:
+        with_teacher = run(cached, teacher, "cached-with-teacher")  # a teacher given, still never run
+    finally:
+        hook.remove()
+    assert with_teacher[1] == offline[1]
     assert online[0] == pytest.approx(offline[0], rel=1e-5)
     assert np.allclose(online[1], offline[1], rtol=1e-5) and len(online[1]) == 3
     assert np.allclose(online[2], offline[2], rtol=1e-5) and len(online[2]) == 1
@@ -398,3 +410,18 @@ def test_bf16_training(tmp_path):
     assert losses and all(math.isfinite(x) for x in losses)
     assert any(not torch.equal(before[k], v) for k, v in params(student).items())
     assert math.isfinite(trainer.evaluate()["eval_loss"])
+
+
+def test_half_precision_teacher_with_full_precision_student(tmp_path):
+    teacher, processor = tiny_vit(seed=1)
+    teacher.to(torch.bfloat16)  # e.g. a large teacher kept in bf16 to save memory
+    student, _ = tiny_vit(seed=2)
+    ds = random_image_dataset(4)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, max_steps=1),
+                                  train_dataset=ds, processing_class=processor)
+    batch = one_batch(trainer, ds)
+    with torch.no_grad():
+        reference = teacher(pixel_values=batch["pixel_values"].to(torch.bfloat16)).logits.float()
+    assert torch.equal(trainer._teacher_logits(batch["pixel_values"]), reference)
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[0]["loss"])
