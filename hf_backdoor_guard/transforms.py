@@ -96,7 +96,8 @@ class ImageClassificationTransform:
             its own generator, for use outside Trainer (each DataLoader worker would
             get a copy of it, hence the same stream: leave it None there).
 
-    Columns named ``teacher_logits`` are passed through untouched (teacher-logit cache).
+    Columns named ``teacher_logits`` are passed through untouched (teacher-logit cache);
+    rows that carry them get no ``teacher_pixel_values``.
     """
 
     def __init__(
@@ -171,7 +172,8 @@ class ImageClassificationTransform:
         out: dict[str, Any] = {
             "pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         }
-        if self.teacher_image_processor is not None:
+        # With cached logits the teacher never runs, so its pixels would be wasted work.
+        if self.teacher_image_processor is not None and TEACHER_LOGITS not in batch:
             out[TEACHER_PIXELS] = self.teacher_image_processor(images=images, return_tensors="pt")["pixel_values"]
         if self.label_column in batch:
             out["labels"] = list(batch[self.label_column])

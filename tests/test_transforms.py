@@ -102,6 +102,9 @@ def test_collator_stacks_rows_and_passes_the_logit_cache():
     assert batch["teacher_logits"].dtype == torch.float32
     assert batch["teacher_logits"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert set(batch) == {"pixel_values", "labels", "teacher_logits"}
+    with_teacher = ds.with_transform(ImageClassificationTransform(
+        processor, augment=False, teacher_image_processor=tiny_vit(image_size=48)[1]))
+    assert set(with_teacher[0]) == {"pixel_values", "labels", "teacher_logits"}  # cached: no teacher pixels
 
 
 def test_collator_rejects_raw_rows():
