@@ -275,7 +275,9 @@ class DistillationTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
         if self.teacher is not None:
             self.teacher.eval()
             self.teacher.requires_grad_(False)
-            self.teacher.to(self.args.device)
+            # The Trainer put the student on args.device, unless it is spread over devices itself.
+            device = self.args.device if self.place_model_on_device else next(self.model.parameters()).device
+            self.teacher.to(device)
 
         bind_backdoor_callbacks(self)
 
