@@ -532,6 +532,15 @@ def attack_label(spec: Any) -> str:
     return name + ":" + ",".join(f"{key}={options[key]}" for key in sorted(options))
 
 
+def attack_keys(specs: list) -> list[str]:
+    """Metrics-file keys for specs: the attack name, or the full label where two specs share a name."""
+    names = [parse_attack_spec(spec)[0] for spec in specs]
+    keys = [name if names.count(name) == 1 else attack_label(spec) for name, spec in zip(names, specs)]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"The same attack is listed twice: {specs!r}.")
+    return keys
+
+
 # --------------------------------------------------------------------------------------
 # YAML configs
 # --------------------------------------------------------------------------------------
@@ -673,6 +682,19 @@ def save_resolved_config(output_dir: str | os.PathLike, script: str, *args: Any)
     header = f"# Options {script}.py ran with (defaults, config and command line resolved).\n"
     path.write_text(header + yaml.safe_dump(values, sort_keys=True), encoding="utf-8")
     return path
+
+
+def process_state():
+    """accelerate's ``PartialState`` for scripts without a Trainer.
+
+    accelerate only forms a multi-process CPU group when asked for CPU, so a ``torchrun``
+    launch on a machine without CUDA would otherwise give N independent processes.
+    """
+    import torch
+    from accelerate import PartialState
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=launched and not torch.cuda.is_available())
 
 
 def setup_logging(level: str = "info", main_process: bool = True) -> None:
@@ -1056,7 +1078,8 @@ __all__ = [
     "RunArguments", "DataArguments", "PoisonArguments", "ModelArguments", "AugmentArguments", "ScheduleArguments",
     "VariationArguments", "StudentArguments", "EvaluateArguments",
     "parse_recipe_args", "run_path", "load_config", "merge_config", "config_for", "save_resolved_config", "setup_logging",
-    "parse_attack_spec", "attack_from_spec", "attack_label", "parse_mapping",
+    "process_state",
+    "parse_attack_spec", "attack_from_spec", "attack_label", "attack_keys", "parse_mapping",
     "load_split", "load_train_dataset", "load_eval_dataset", "label_names",
     "build_classifier", "load_classifier", "train_transform",
     "MultiStepLRCallback", "MultiStepFactor", "schedule_callbacks", "metrics_path", "write_json",

@@ -25,21 +25,19 @@ sys.path.insert(0, str(_HERE.parent))
 def main(argv: list[str] | None = None) -> dict | None:
     import logging
 
-    from accelerate import PartialState
-
     from hf_backdoor_guard import recipe_args as ra
     from hf_backdoor_guard.evaluation import evaluate_backdoor
 
     all_args = ra.parse_recipe_args("evaluate", argv, description=__doc__.split("\n\n")[0])
     run, data, poison, options = all_args
-    state = PartialState()
+    state = ra.process_state()
     ra.setup_logging(run.verbosity, state.is_main_process)
     specs = options.eval_attacks or ([poison.attack] if poison.attack is not None else None)
     if not specs:
         raise ValueError("No attack to measure: set attack (the config's) or eval_attacks.")
     if data.eval_split is None:
         raise ValueError("evaluate needs a test split: set eval_split.")
-    attacks = {ra.attack_label(spec): ra.attack_from_spec(spec) for spec in specs}
+    attacks = {key: ra.attack_from_spec(spec) for key, spec in zip(ra.attack_keys(specs), specs)}
     if not state.is_main_process:
         return None  # one process measures; the test sets are small next to training
 
