@@ -13,6 +13,7 @@ from hf_backdoor_guard import (
     DistillationTrainer,
     DistillationTrainingArguments,
     ImageClassificationCollator,
+    ImageClassificationTransform,
     evaluate_backdoor,
     train_classifier,
 )
@@ -139,7 +140,8 @@ def test_backdoor_metrics_choose_the_best_distilled_model(tmp_path):
     metrics = trainer.evaluate()
     assert metrics[KEYS[1]] == pytest.approx(trainer.state.best_metric)
     best = next(e for e in trainer.state.log_history if e.get(KEYS[1]) == trainer.state.best_metric)
-    best_loss = next(e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e and e["step"] == best["step"])
+    best_loss = next(e["eval_loss"] for e in trainer.state.log_history
+                     if "eval_loss" in e and e["step"] == best["step"])
     assert metrics["eval_loss"] == pytest.approx(best_loss, rel=1e-6)
 
 
@@ -147,9 +149,8 @@ def test_unbound_callback_still_records(tmp_path):
     model, processor = tiny_vit(seed=0)
     test = random_image_dataset(6, seed=2)
     callback = BackdoorMetricsCallback(test, BadNets(size=4), target_label=0, image_processor=processor)
-    trainer = Trainer(model=model, args=plain_args(tmp_path, remove_unused_columns=False),
-                      eval_dataset=test.with_transform(__import__("hf_backdoor_guard").ImageClassificationTransform(
-                          processor, augment=False)),
+    eval_view = test.with_transform(ImageClassificationTransform(processor, augment=False))
+    trainer = Trainer(model=model, args=plain_args(tmp_path, remove_unused_columns=False), eval_dataset=eval_view,
                       data_collator=ImageClassificationCollator(), callbacks=[callback])
     metrics = trainer.evaluate()
     assert set(KEYS) <= set(metrics)
