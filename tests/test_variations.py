@@ -193,6 +193,16 @@ def test_datasets_fingerprint_is_fast_stable_and_follows_settings(mixed_ds):
     assert first._fingerprint == mixed_ds.map(b, batched=True, with_indices=True)._fingerprint
 
 
+def test_pickles_cleanly_for_num_proc():
+    import pickle
+
+    variation = load("ddim")
+    source = [random_image(4)]
+    clone = pickle.loads(pickle.dumps(variation))
+    assert clone.fingerprint == variation.fingerprint
+    assert np.array_equal(as_array(clone.generate(source, [3])[0]), as_array(variation.generate(source, [3])[0]))
+
+
 def test_bad_options_raise_before_generation(tmp_path, mixed_ds):
     with pytest.raises(ValueError, match="Unsupported pipeline class Linear"):
         hbg.ImageVariation(torch.nn.Linear(2, 2))

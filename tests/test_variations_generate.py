@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datasets import Dataset, load_from_disk
+from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, load_from_disk
 from PIL import Image
 
 import hf_backdoor_guard as hbg
@@ -23,7 +23,8 @@ def ddim_variation(**options):
 def make_ds(n=10):
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
-    return Dataset.from_dict({"image": images, "label": [i % 3 for i in range(n)]})
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["cat", "dog", "emu"])})
+    return Dataset.from_dict({"image": images, "label": [i % 3 for i in range(n)]}, features=features)
 
 
 def rows(ds):
@@ -63,7 +64,9 @@ def test_result_equals_dataset_map_and_reloads_from_disk(ds, clean_run):
     assert len(result) == 20 and result.column_names == mapped.column_names
     assert rows(result) == rows(mapped)
     assert sorted(p.name for p in out_dir.glob("*.arrow")) == [f"data-0000{i}-of-00003.arrow" for i in range(3)]
-    assert rows(load_from_disk(str(out_dir))) == rows(result)
+    reloaded = load_from_disk(str(out_dir))
+    assert rows(reloaded) == rows(result)
+    assert reloaded.features["label"].names == ["cat", "dog", "emu"] == result.features["label"].names
     assert len(ds) == 10 and "source_index" not in ds.column_names  # input untouched
 
 

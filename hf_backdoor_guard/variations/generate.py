@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from .core import ImageVariation
@@ -103,6 +102,7 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
         input row, in input order, with ``source_index`` and ``variation_index``).
     """
     from datasets import Dataset, DatasetInfo, load_from_disk
+    from datasets.utils.py_utils import asdict  # datasets' own: JSON-ready features (ClassLabel names...)
     from tqdm.auto import tqdm
 
     # --- every check before any work -------------------------------------------------
