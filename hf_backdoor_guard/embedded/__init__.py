@@ -1,0 +1,33 @@
+"""The offline default diffusion model shipped inside the package.
+
+``digits_ddpm/`` is a diffusers ``DDIMPipeline`` folder: a 2.7M-parameter
+``UNet2DModel`` (channels 32/64/128, attention only at 4x4, fp16 safetensors) trained
+as a DDPM (cosine schedule) on the clean ``pretrain`` split of
+:func:`hf_backdoor_guard.data.load_digits_dataset` by
+``recipes/pretrain_embedded_diffusion.py``. ``ImageVariation.embedded()`` loads it
+with :data:`EMBEDDED_VARIATION_DEFAULTS`; ``training_args.json`` in the folder records
+how it was trained.
+
+The defaults below are the measured best for the demo (see BENCHMARKS.md,
+"embedded default / demo").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EMBEDDED_DIFFUSION_DIR = Path(__file__).resolve().parent / "digits_ddpm"
+
+EMBEDDED_VARIATION_DEFAULTS: dict = {
+    # SDEdit noise level: below 0.5 part of a 3x3 patch survives and the student relearns it.
+    "strength": 0.6,
+    # DDIM steps over the whole schedule; int(steps * strength) of them run.
+    "num_inference_steps": 20,
+    # Fresh noise at every step (DDIM eta = 1): better trigger removal than deterministic DDIM.
+    "stochastic": True,
+    # Matching the source's colour statistics copies a Blended trigger's brightness shift back.
+    "color_transfer": False,
+    "num_variations": 2,
+}
+
+__all__ = ["EMBEDDED_DIFFUSION_DIR", "EMBEDDED_VARIATION_DEFAULTS"]
