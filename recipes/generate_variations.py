@@ -26,7 +26,6 @@ sys.path.insert(0, str(_HERE.parent))
 def main(argv: list[str] | None = None):
     import logging
 
-    from datasets import ClassLabel, Features, Value
 
     from hf_backdoor_guard import recipe_args as ra
     from hf_backdoor_guard.variations import ImageVariation, generate_variations
@@ -37,19 +36,10 @@ def main(argv: list[str] | None = None):
     ra.setup_logging(run.verbosity, state.is_main_process)
 
     train_ds = ra.load_train_dataset(data, poison)
-    # Workaround: generate_variations cannot yet write dataset_info.json for ClassLabel columns (their
-    # names do not serialise to JSON), so the labels are varied as plain ints and the class names put
-    # back on the result here.
-    class_labels = {name: feature for name, feature in train_ds.features.items() if isinstance(feature, ClassLabel)}
-    if class_labels:
-        with state.local_main_process_first():
-            train_ds = train_ds.cast(Features({**train_ds.features, **{name: Value("int64") for name in class_labels}}))
     variation = ImageVariation.from_pretrained(options.diffusion_model, device=state.device,
                                                **options.variation_options())
     varied = generate_variations(train_ds, variation, options.output_dir, batch_size=options.variation_batch_size,
                                  shard_size=options.shard_size)
-    if class_labels:
-        varied = varied.cast(Features({**varied.features, **class_labels}), keep_in_memory=True)
     if state.is_main_process:
         logging.getLogger("generate_variations").info(
             "Varied %d rows into %d images with %d processes in %s", len(train_ds), len(varied), state.num_processes,
