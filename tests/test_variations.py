@@ -262,6 +262,9 @@ def test_embedded_default_runs():
     for key, value in embedded.EMBEDDED_VARIATION_DEFAULTS.items():
         if key in ("num_inference_steps", "strength", "color_transfer"):
             assert getattr(variation, key) == value
+    if "stochastic" in embedded.EMBEDDED_VARIATION_DEFAULTS:  # mapped onto DDIM's eta
+        assert variation.eta == (1.0 if embedded.EMBEDDED_VARIATION_DEFAULTS["stochastic"] else 0.0)
+    assert hbg.ImageVariation.embedded(eta=0.5).eta == 0.5
     assert variation.adapter.pipeline.unet.dtype == torch.float32
     ds = Dataset.from_dict({"image": [random_image(0, (8, 8), "L")], "label": [1]})
     out = ds.map(variation, batched=True, with_indices=True)
