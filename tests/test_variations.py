@@ -213,6 +213,10 @@ def test_bad_options_raise_before_generation(tmp_path, mixed_ds):
     (foreign / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(ValueError, match="Unsupported pipeline class StableDiffusionPipeline"):
         hbg.ImageVariation.from_pretrained(foreign)
+    with pytest.raises(ValueError, match="Could not fetch model_index.json of 'nobody/no-such-model'"):
+        hbg.ImageVariation.from_pretrained("nobody/no-such-model")  # offline in tests
+    with pytest.raises(ValueError, match="prior stage: pass the KandinskyV22Pipeline"):
+        hbg.ImageVariation(FAMILIES["kandinsky22"]()[1])
     with pytest.raises(ValueError, match="multiple of 8"):
         load("sd-image-variation", size=30)
     with pytest.raises(ValueError, match="multiple of 8"):

@@ -429,8 +429,10 @@ def adapter_for_pipeline(pipeline) -> type[Adapter]:
     for klass in type(pipeline).__mro__:
         if klass.__name__ in SUPPORTED_CLASSES:
             return SUPPORTED_CLASSES[klass.__name__]
-    if any(klass.__name__ in PRIOR_CLASSES for klass in type(pipeline).__mro__):
-        adapter = PRIOR_CLASSES[next(k.__name__ for k in type(pipeline).__mro__ if k.__name__ in PRIOR_CLASSES)]
+    for klass in type(pipeline).__mro__:
+        if klass.__name__ not in PRIOR_CLASSES:
+            continue
+        adapter = PRIOR_CLASSES[klass.__name__]
         raise ValueError(
             f"{type(pipeline).__name__} is the prior stage: pass the {adapter.pipeline_classes[0]} as the "
             f"pipeline and this one as prior=..."

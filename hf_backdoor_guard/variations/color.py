@@ -50,17 +50,29 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0)
 
 
+def lab_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel Lab mean and standard deviation of an RGB image ``(H, W, 3)``."""
+    lab = rgb_to_lab(rgb).reshape(-1, 3)
+    return lab.mean(axis=0), lab.std(axis=0)
+
+
+def match_lab_stats(target: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Give RGB ``target`` the Lab ``mean``/``std``; returns uint8 pixels.
+
+    A flat target channel (std 0) is only shifted, not scaled.
+    """
+    target_lab = rgb_to_lab(target)
+    flat = target_lab.reshape(-1, 3)
+    mean_t, std_t = flat.mean(axis=0), flat.std(axis=0)
+    scale = np.where(std_t > 1e-6, std / np.maximum(std_t, 1e-6), 1.0)
+    moved = (target_lab - mean_t) * scale + mean
+    return np.round(lab_to_rgb(moved) * 255.0).astype(np.uint8)
+
+
 def transfer_color(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Give ``target`` the per-channel Lab mean and std of ``source``.
 
     Both are RGB arrays ``(H, W, 3)`` (sizes may differ); returns ``target``'s new
-    pixels as uint8. A flat target channel (std 0) is only shifted, not scaled.
+    pixels as uint8.
     """
-    source_lab = rgb_to_lab(source).reshape(-1, 3)
-    target_lab = rgb_to_lab(target)
-    flat = target_lab.reshape(-1, 3)
-    mean_s, std_s = source_lab.mean(axis=0), source_lab.std(axis=0)
-    mean_t, std_t = flat.mean(axis=0), flat.std(axis=0)
-    scale = np.where(std_t > 1e-6, std_s / np.maximum(std_t, 1e-6), 1.0)
-    moved = (target_lab - mean_t) * scale + mean_s
-    return np.round(lab_to_rgb(moved) * 255.0).astype(np.uint8)
+    return match_lab_stats(target, *lab_stats(source))

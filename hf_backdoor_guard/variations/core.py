@@ -27,7 +27,7 @@ from ..images import load_rgb
 from ..validation import check_image_column
 from .adapters import (PRIOR_CLASSES, SUPPORTED_CLASSES, Adapter, Settings, adapter_for_pipeline, clean_config,
                        quiet_progress_bars, supported_list)
-from .color import transfer_color
+from .color import lab_stats, match_lab_stats
 
 logger = logging.getLogger(__name__)
 
@@ -406,13 +406,16 @@ class ImageVariation:
                             prompt=self.prompt, pipeline_kwargs=self.pipeline_kwargs, prior_kwargs=self.prior_kwargs)
         logger.debug("Generating %d variations of rows %s..%s", len(expanded), indices[0], indices[-1])
         arrays = self.adapter.generate(expanded, generators, settings)
+        # the source's colour statistics, once per source rather than once per variation
+        stats = [lab_stats(np.asarray(image)) for image in images] if self.color_transfer else None
         results = []
-        for source, array in zip(expanded, arrays):
+        for position, array in enumerate(arrays):
+            source = images[position // n]
             height, width = (source.height, source.width) if self.resize_to_source else self.size
             if array.shape[:2] != (height, width):
                 array = np.asarray(Image.fromarray(array).resize((width, height), Image.BICUBIC))
-            if self.color_transfer:
-                array = transfer_color(np.asarray(source), array)
+            if stats is not None:
+                array = match_lab_stats(array, *stats[position // n])
             results.append(Image.fromarray(array))
         return results
 
