@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher, teacher_processor = ra.load_classifier(student.teacher_model_name_or_path, "teacher")
     variations = ra.load_split(student.variations_dataset, student.variations_split, option="variations_dataset")
     check_dataset(variations, training.image_column, training.label_column)
-    eval_ds = ra.load_eval_dataset(data)
+    eval_ds = ra.load_eval_dataset(data, training.main_process_first)
     # The student shares the teacher's label set, in the teacher's order.
     names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
     model, processor = ra.build_classifier(model_args, names, seed=training.seed)

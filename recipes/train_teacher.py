@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     ra.setup_logging(run.verbosity, training.process_index == 0)
 
     train_ds = ra.load_train_dataset(data, poison, training.main_process_first)
-    eval_ds = ra.load_eval_dataset(data)
+    eval_ds = ra.load_eval_dataset(data, training.main_process_first)
     model, processor = ra.build_classifier(model_args, ra.label_names(train_ds), seed=training.seed)
 
     callbacks = ra.schedule_callbacks(schedule, training)

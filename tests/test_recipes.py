@@ -27,6 +27,22 @@ from hf_backdoor_guard import recipe_args as ra  # noqa: E402
 NUM_CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS, SIZE = 3, 6, 3, 32
 
 
+@pytest.fixture(autouse=True)
+def _leave_no_global_state():
+    """In-process recipe calls configure logging and accelerate's process state; undo both."""
+    import logging
+
+    root, package = logging.getLogger(), logging.getLogger("hf_backdoor_guard")
+    saved = root.level, list(root.handlers), package.level
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    package.setLevel(saved[2])
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(
