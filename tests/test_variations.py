@@ -12,6 +12,7 @@ from PIL import Image
 
 import hf_backdoor_guard as hbg
 from hf_backdoor_guard.variations import lab_to_rgb, rgb_to_lab, transfer_color, variation_seed
+from hf_backdoor_guard.variations.adapters import Adapter
 from tiny_pipelines import FAMILIES, saved_family
 
 # 2-4 steps per family; SDEdit families need steps * strength >= 1.
@@ -203,7 +204,7 @@ def test_pickles_cleanly_for_num_proc():
     assert np.array_equal(as_array(clone.generate(source, [3])[0]), as_array(variation.generate(source, [3])[0]))
 
 
-def test_bad_options_raise_before_generation(tmp_path, mixed_ds):
+def test_bad_options_raise_before_generation(tmp_path, mixed_ds, monkeypatch):
     with pytest.raises(ValueError, match="Unsupported pipeline class Linear"):
         hbg.ImageVariation(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="no model_index.json"):
@@ -223,6 +224,13 @@ def test_bad_options_raise_before_generation(tmp_path, mixed_ds):
         load("flux-redux", size=(32, 36))
     with pytest.raises(ValueError, match="num_variations"):
         load("ddim", num_variations=0)
+    loads = []
+    monkeypatch.setattr(Adapter, "load", classmethod(lambda cls, *args, **kwargs: loads.append(args)))
+    for bad in (dict(num_variations=0), dict(strength=2.0), dict(num_inference_steps=0), dict(seed="1")):
+        with pytest.raises(ValueError, match=next(iter(bad))):  # checked before any weight is read
+            hbg.ImageVariation.from_pretrained(saved_family("ddim")[0], **bad)
+    assert loads == []
+    monkeypatch.undo()
     for strength in (0, -0.1, 1.5):
         with pytest.raises(ValueError, match=r"strength must lie in \(0, 1\]"):
             load("sd-img2img", strength=strength)

@@ -162,11 +162,14 @@ class Adapter:
 
     # --- loading -----------------------------------------------------------------------
     @classmethod
-    def load(cls, class_name: str, path, prior_path=None, dtype=None, **load_kwargs) -> Adapter:
-        pipeline = _load(class_name, path, dtype, **cls.extra_load_kwargs(), **load_kwargs)
+    def load(cls, class_name: str, path, prior_path=None, dtype=None, revision=None, variant=None) -> Adapter:
+        """Load the pipeline (at ``revision``) and, for two-stage families, its prior (default branch)."""
+        variant_kwargs = {"variant": variant} if variant else {}
+        revision_kwargs = {"revision": revision} if revision else {}
+        pipeline = _load(class_name, path, dtype, **cls.extra_load_kwargs(), **variant_kwargs, **revision_kwargs)
         prior = None
         if cls.prior_classes and prior_path is not None:
-            prior = _load(cls.prior_classes[0], prior_path, dtype, **load_kwargs)
+            prior = _load(cls.prior_classes[0], prior_path, dtype, **variant_kwargs)
         return cls(pipeline, prior)
 
     @classmethod

@@ -43,6 +43,27 @@ def variation_seed(seed: int, row: int, variation: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def check_positive_int(name: str, value) -> None:
+    """``value`` is an int >= 1 (bools, floats and strings rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+
+
+_GENERIC_OPTIONS = ("num_variations", "num_inference_steps", "strength", "seed")
+
+
+def _check_generic_options(num_variations=1, num_inference_steps=None, strength=None, seed=42) -> None:
+    """The checks that need no pipeline, so from_pretrained can run them before loading weights."""
+    check_positive_int("num_variations", num_variations)
+    if num_inference_steps is not None:
+        check_positive_int("num_inference_steps", num_inference_steps)
+    if strength is not None and (isinstance(strength, bool) or not isinstance(strength, (int, float))
+                                 or not 0 < strength <= 1):
+        raise ValueError(f"strength must lie in (0, 1], got {strength!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}.")
+
+
 def _resolve_dtype(dtype) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -169,6 +190,7 @@ class ImageVariation:
         folder as ``prior=``. ``options`` are ``ImageVariation``'s keyword arguments.
         """
         dtype = _resolve_dtype(dtype)
+        _check_generic_options(**{key: options[key] for key in _GENERIC_OPTIONS if key in options})  # before loading
         class_name = _pipeline_class_name(repo_or_path, revision)
         if class_name in PRIOR_CLASSES:
             adapter_cls = PRIOR_CLASSES[class_name]
@@ -196,9 +218,9 @@ class ImageVariation:
                     f"prior {prior} holds a {prior_class}; {class_name} needs one of "
                     f"{', '.join(adapter_cls.prior_classes)}."
                 )
-        load_kwargs = {key: value for key, value in (("revision", revision), ("variant", variant)) if value}
         logger.info("Loading %s from %s", class_name, repo_or_path)
-        adapter = adapter_cls.load(class_name, repo_or_path, prior_path=prior, dtype=dtype, **load_kwargs)
+        adapter = adapter_cls.load(class_name, repo_or_path, prior_path=prior, dtype=dtype, revision=revision,
+                                   variant=variant)
         return cls(adapter.pipeline, prior=adapter.prior, dtype=dtype, device=device, **options)
 
     @classmethod
@@ -222,17 +244,11 @@ class ImageVariation:
     def _validate(self, size) -> None:
         adapter = self.adapter
         family = type(adapter.pipeline).__name__
-        if isinstance(self.num_variations, bool) or not isinstance(self.num_variations, int) or self.num_variations < 1:
-            raise ValueError(f"num_variations must be an int >= 1, got {self.num_variations!r}.")
+        _check_generic_options(num_variations=self.num_variations, num_inference_steps=self.num_inference_steps,
+                               strength=self.strength, seed=self.seed)
         steps = self.num_inference_steps
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"num_inference_steps must be an int >= 1, got {steps!r}.")
-        if self.strength is not None:
-            if not adapter.uses_strength:
-                raise ValueError(f"strength is not used by {family}; leave it unset.")
-            if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or \
-                    not 0 < self.strength <= 1:
-                raise ValueError(f"strength must lie in (0, 1], got {self.strength!r}.")
+        if self.strength is not None and not adapter.uses_strength:
+            raise ValueError(f"strength is not used by {family}; leave it unset.")
         if adapter.uses_strength and self.adapter.prior is None:
             strength = self.strength if self.strength is not None else adapter.default_strength
             total = steps or adapter.default_steps
@@ -258,8 +274,6 @@ class ImageVariation:
                 raise ValueError(f"eta must be a number >= 0, got {self.eta!r}.")
         if self.prompt and not adapter.uses_prompt:
             raise ValueError(f"{family} takes no text prompt; leave prompt empty.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}.")
         if not isinstance(self.image_column, str) or not self.image_column:
             raise ValueError(f"image_column must be a column name, got {self.image_column!r}.")
         reserved = {self.image_column, SOURCE_INDEX, VARIATION_INDEX}

@@ -23,7 +23,7 @@ import os
 import time
 from pathlib import Path
 
-from .core import ImageVariation
+from .core import ImageVariation, check_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +111,10 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
     if not isinstance(ds, Dataset):
         raise ValueError(f"Expected a datasets.Dataset, got {type(ds).__name__}.")
     variation.check_dataset(ds)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+    check_positive_int("batch_size", batch_size)
     if shard_size is None:
         shard_size = 64 * batch_size
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}.")
+    check_positive_int("shard_size", shard_size)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output_dir {output_dir} exists and is not a folder.")
