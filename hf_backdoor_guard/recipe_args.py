@@ -945,6 +945,33 @@ def train_transform(image_processor, augment_args: AugmentArguments, teacher_ima
     )
 
 
+def load_variation(options: VariationArguments, device=None):
+    """The ``ImageVariation`` the options describe, on ``device``.
+
+    ``shi-labs/versatile-diffusion`` (the paper's model) is saved as the all-in-one
+    ``VersatileDiffusionPipeline``, which ``ImageVariation.from_pretrained`` does not list;
+    its image-variation sub-pipeline loads from the same repo (diffusers skips the text
+    components), so that case is loaded here with the sub-pipeline class.
+    """
+    from diffusers import DiffusionPipeline
+
+    from .variations import SUPPORTED_CLASSES, ImageVariation
+
+    kwargs = options.variation_options()
+    all_in_one = "VersatileDiffusionPipeline"
+    if all_in_one not in SUPPORTED_CLASSES:
+        config = DiffusionPipeline.load_config(options.diffusion_model, revision=options.diffusion_revision)
+        if config.get("_class_name") == all_in_one:
+            from diffusers import VersatileDiffusionImageVariationPipeline
+
+            load = {key: kwargs.pop(key) for key in ("revision", "variant") if key in kwargs}
+            logger.info("Loading the image-variation part of %s (%s)", options.diffusion_model, all_in_one)
+            pipeline = VersatileDiffusionImageVariationPipeline.from_pretrained(
+                options.diffusion_model, use_safetensors=True, **load)
+            return ImageVariation(pipeline, device=device, **kwargs)
+    return ImageVariation.from_pretrained(options.diffusion_model, device=device, **kwargs)
+
+
 # --------------------------------------------------------------------------------------
 # MultiStep learning-rate schedule
 # --------------------------------------------------------------------------------------
@@ -1081,7 +1108,7 @@ __all__ = [
     "process_state",
     "parse_attack_spec", "attack_from_spec", "attack_label", "attack_keys", "parse_mapping",
     "load_split", "load_train_dataset", "load_eval_dataset", "label_names",
-    "build_classifier", "load_classifier", "train_transform",
+    "build_classifier", "load_classifier", "train_transform", "load_variation",
     "MultiStepLRCallback", "MultiStepFactor", "schedule_callbacks", "metrics_path", "write_json",
     "last_checkpoint", "run_training",
 ]

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None):
 
 
     from hf_backdoor_guard import recipe_args as ra
-    from hf_backdoor_guard.variations import ImageVariation, generate_variations
+    from hf_backdoor_guard.variations import generate_variations
 
     all_args = ra.parse_recipe_args("generate_variations", argv, description=__doc__.split("\n\n")[0])
     run, data, poison, options = all_args
@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None):
     ra.setup_logging(run.verbosity, state.is_main_process)
 
     train_ds = ra.load_train_dataset(data, poison)
-    variation = ImageVariation.from_pretrained(options.diffusion_model, device=state.device,
-                                               **options.variation_options())
+    variation = ra.load_variation(options, device=state.device)
     varied = generate_variations(train_ds, variation, options.output_dir, batch_size=options.variation_batch_size,
                                  shard_size=options.shard_size)
     if state.is_main_process:

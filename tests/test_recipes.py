@@ -384,6 +384,23 @@ def test_new_resnet_from_scratch_and_argument_checks():
         ra.VariationArguments(push_to_hub=True)
 
 
+def test_versatile_all_in_one_repo_loads_its_image_variation_part(assets, tmp_path):
+    """shi-labs/versatile-diffusion's model_index names VersatileDiffusionPipeline; the recipe still loads it."""
+    import shutil
+
+    folder = tmp_path / "versatile-all-in-one"
+    shutil.copytree(assets / "diffusion" / "pipeline", folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "VersatileDiffusionPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    options = ra.VariationArguments(diffusion_model=str(folder), num_inference_steps=2, guidance_scale=7.5,
+                                    variation_size=32, scheduler="DPMSolverMultistepScheduler")
+    variation = ra.load_variation(options, device="cpu")
+    assert type(variation.adapter.pipeline).__name__ == "VersatileDiffusionImageVariationPipeline"
+    assert type(variation.adapter.pipeline.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert variation.settings()["num_inference_steps"] == 2 and variation.settings()["size"] == [32, 32]
+
+
 def test_multistep_callback_requires_the_constant_schedule():
     from transformers import TrainingArguments
 
