@@ -431,6 +431,10 @@ def run_path(run_dir: str, sub: str, variant: str | None = None, varies: bool = 
     return os.path.join(run_dir, f"{sub}_{variant}" if variant and varies else sub)
 
 
+# Options that differ per recipe by nature: only allowed inside a script's section.
+SECTION_ONLY = ("output_dir",)
+
+
 def recipe_dataclasses(script: str) -> tuple:
     if script not in RECIPES:
         raise ValueError(f"Unknown recipe '{script}'; choose one of {SCRIPTS}.")
@@ -610,6 +614,11 @@ def config_for(config: dict[str, Any], script: str, source: str = "config") -> d
             continue
         if key not in known:
             raise ValueError(f"Unknown option '{key}' in {source}: no recipe takes it (a typo?).")
+        if key in SECTION_ONLY:
+            raise ValueError(
+                f"'{key}' at the top level of {source} would send every recipe's output to one folder; set it in "
+                f"a section (e.g. train_teacher: {{{key}: ...}}) or leave it to run_dir."
+            )
         if key in own:
             values[key] = value
     section = config.get(script) or {}
@@ -643,7 +652,7 @@ def parse_recipe_args(script: str, argv: list[str] | None = None, description: s
         types,
         prog=f"{script}.py",
         description=description,
-        usage=f"%(prog)s [CONFIG.yaml] [--option value ...]",
+        usage="%(prog)s [CONFIG.yaml] [--option value ...]",
     )
     values = config_for(load_config(config_path), script, f"'{config_path}'") if config_path else {}
 

@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
     if attack is not None and eval_ds is not None:
         callbacks.append(BackdoorMetricsCallback(eval_ds, attack, poison.target_label, processor,
                                                  training.per_device_eval_batch_size))
-    transform = ra.train_transform(processor, augment, teacher_image_processor=teacher_processor,
-                                   enabled=training.augment)
+    # With cached logits the teacher never sees the training images, so they need no teacher pixels.
+    transform = ra.train_transform(processor, augment, enabled=training.augment,
+                                   teacher_image_processor=None if student.cache_teacher_logits else teacher_processor)
     trainer = DistillationTrainer(
         model=model, teacher_model=teacher, args=training, train_dataset=variations.with_transform(transform),
         eval_dataset=eval_ds, processing_class=processor, teacher_processing_class=teacher_processor,

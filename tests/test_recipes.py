@@ -203,6 +203,22 @@ def test_student_distilled_on_variations(pipeline_run):
     assert f"teacher_model_name_or_path: {run / 'teacher'}" in resolved
 
 
+def test_student_with_cached_teacher_logits(pipeline_run, assets, tmp_path):
+    """--cache_teacher_logits runs the teacher once over the variations (augmentation off), in-process."""
+    run, _ = pipeline_run
+    output = tmp_path / "student_cached"
+    metrics = _script_main("train_student")([
+        str(assets / "run.yaml"), "--cache_teacher_logits", "true", "--augment", "false",
+        "--teacher_model_name_or_path", str(run / "teacher"), "--variations_dataset", str(run / "variations"),
+        "--output_dir", str(output), "--verbosity", "warning",
+    ])
+    assert (output / "model.safetensors").is_file()
+    assert 0.0 <= metrics["eval_clean_accuracy"] <= 1.0
+    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+    assert all(np.isfinite(entry["loss"]) for entry in history if "loss" in entry)
+    assert "cache_teacher_logits: true" in (output / "recipe_config.yaml").read_text()
+
+
 def test_evaluate_writes_metrics_for_each_attack(pipeline_run):
     from hf_backdoor_guard.hub import read_metrics_file
 
@@ -307,6 +323,8 @@ def test_every_shipped_config_parses_for_every_recipe():
     ("attack: badnet\n", "Unknown attack 'badnet'"),
     ("attack: 'badnets:size'\n", "options must be 'key=value'"),
     ("- a\n- b\n", "must hold a mapping"),
+    ("output_dir: out\n", "'output_dir' at the top level"),
+    ("train_teacher: [1]\n", "Section 'train_teacher' must be a mapping"),
 ])
 def test_config_errors_name_the_option(tmp_path, text, message):
     config = _write(tmp_path / "loop.yaml", text)
