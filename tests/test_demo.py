@@ -1,0 +1,91 @@
+"""A shortened `backdoor-guard demo`: real data, real embedded model, real training, real files."""
+
+import json
+from argparse import Namespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_backdoor_guard.cli import build_parser
+from hf_backdoor_guard.demo import MARKER, REPORT_FILES, run_demo, run_demo_cli
+
+QUICK = dict(train_rows=120, test_rows=60, teacher_epochs=3, student_epochs=3,
+             variation_options={"num_inference_steps": 4, "num_variations": 1})
+
+
+def _check_metrics(models):
+    assert set(models) == {"teacher", "student", "variations_ce"}
+    for values in models.values():
+        assert set(values) == {"clean_accuracy", "attack_success_rate", "robust_accuracy"}
+        assert all(0.0 <= v <= 1.0 for v in values.values())
+        # ASR and R-Acc are shares of the same triggered images
+        assert values["attack_success_rate"] + values["robust_accuracy"] <= 1.0 + 1e-9
+
+
+def test_short_demo_writes_every_report_file(tmp_path):
+    out = tmp_path / "demo"
+    result = run_demo("badnets", out, seed=3, **QUICK)
+    assert {p.name for p in out.iterdir()} == set(REPORT_FILES) | {MARKER}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["attack"] == "badnets" and metrics["seed"] == 3 and metrics["seconds"] > 0
+    _check_metrics(metrics["models"])
+    assert metrics["models"] == result["models"]
+    assert metrics["rows"]["train"] == 120 and metrics["rows"]["poisoned"] == 11  # ceil(10% of 108 non-target)
+    # even a short run learns something: well above the 10% of guessing
+    assert metrics["models"]["teacher"]["clean_accuracy"] > 0.3
+    report = (out / "report.md").read_text()
+    assert "| teacher |" in report and "| student |" in report and "| variations_ce |" in report
+    assert "samples.png" in report and "metrics.png" in report
+    samples = Image.open(out / "samples.png")
+    assert samples.mode == "RGB" and samples.width > 8 * 64 and samples.height >= 3 * 64  # clean/poisoned/variation
+    chart = np.asarray(Image.open(out / "metrics.png").convert("RGB"))
+    assert chart.shape[0] > 100 and (chart != 255).any()
+
+
+def test_rerun_in_its_own_folder_and_user_files_are_protected(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        run_demo("badnets", out, **QUICK)
+    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+    # the CLI reports the problem instead of a traceback, before any work
+    args = Namespace(attack="badnets", output_dir=str(out), seed=0)
+    assert run_demo_cli(args) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_all_attacks_write_one_folder_each_and_a_summary(tmp_path, capsys):
+    out = tmp_path / "all"
+    quick = dict(QUICK, train_rows=60, test_rows=40, teacher_epochs=1, student_epochs=1)
+    summary = run_demo("all", out, seed=1, **quick)
+    assert set(summary["attacks"]) == {"badnets", "blended", "wanet", "sig"}
+    for name, metrics in summary["attacks"].items():
+        assert metrics["attack"] == name
+        _check_metrics(metrics["models"])
+        assert {p.name for p in (out / name).iterdir()} >= set(REPORT_FILES)
+    assert json.loads((out / "summary.json").read_text())["attacks"]["sig"]["attack"] == "sig"
+    report = (out / "report.md").read_text()
+    assert "(wanet/report.md)" in report and Image.open(out / "metrics.png").width > 300
+    # an earlier demo folder may be reused: the marker says the files are the demo's own
+    run_demo("sig", out / "sig", seed=2, **quick)
+    assert json.loads((out / "sig" / "metrics.json").read_text())["seed"] == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [({"attack": "trojan"}, "attack"), ({"seed": "0"}, "seed"), ({"train_rows": 5}, "train_rows"),
+     ({"temperature": 0}, "temperature"), ({"teacher_logits": "max"}, "teacher_logits"),
+     ({"epochs": 3}, "Unknown demo option")],
+)
+def test_bad_options_raise_before_work(tmp_path, kwargs, word):
+    kwargs = {"attack": "badnets", **kwargs}
+    with pytest.raises(ValueError, match=word):
+        run_demo(output_dir=tmp_path / "x", **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_demo_options():
+    args = build_parser().parse_args(["demo", "--attack", "all", "--output-dir", "d", "--seed", "4"])
+    assert (args.attack, args.output_dir, args.seed) == ("all", "d", 4)
