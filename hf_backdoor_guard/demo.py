@@ -53,7 +53,9 @@ class DemoSettings:
     student_epochs: float = 12.0
     batch_size: int = 32
     learning_rate: float = 2e-3
-    alpha: float = 0.5
+    # 1.0: the student learns from the teacher's soft labels only; the hard labels of poisoned
+    # rows (the target class on other classes' images) pull towards the target.
+    alpha: float = 1.0
     temperature: float = 4.0
     # "mean": each variation is distilled towards the teacher's mean logits over all
     # variations of its source image; "own": towards the teacher's logits on itself.
@@ -460,8 +462,8 @@ _SHORT = {"clean_accuracy": "C-Acc", "attack_success_rate": "ASR", "robust_accur
 
 def _bar_chart(results: dict[str, dict[str, dict[str, float]]]) -> Image.Image:
     """Grouped bars: for each attack and model, C-Acc, ASR and R-Acc on a 0..1 axis."""
-    bar, gap, group_gap, plot_height = 14, 4, 18, 200
-    left, top, bottom = 44, 34, 64
+    bar, gap, group_gap, plot_height = 16, 4, 36, 200
+    left, top, bottom = 44, 34, 40
     groups = [(attack, model) for attack in results for model in MODEL_NAMES if model in results[attack]]
     group_width = len(METRIC_NAMES) * bar + gap
     width = left + len(groups) * (group_width + group_gap) + 20
@@ -482,9 +484,9 @@ def _bar_chart(results: dict[str, dict[str, dict[str, float]]]) -> Image.Image:
             x0 = x + k * bar
             draw.rectangle([x0, base - value * plot_height, x0 + bar - 2, base], fill=_COLOURS[key])
         label = model if len(results) == 1 else f"{attack}"
-        draw.text((x, base + 4), label[:12], fill=(0, 0, 0), font=font)
+        draw.text((x, base + 4), label, fill=(0, 0, 0), font=font)
         if len(results) > 1:
-            draw.text((x, base + 16), model[:12], fill=(80, 80, 80), font=font)
+            draw.text((x, base + 16), model, fill=(80, 80, 80), font=font)
         x += group_width + group_gap
     draw.line([(left - 4, base), (width - 10, base)], fill=(0, 0, 0))
     legend_x = left

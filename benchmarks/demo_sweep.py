@@ -1,0 +1,172 @@
+"""Sweep the demo's defence settings over attacks and seeds; print and record the results.
+
+Each job is one whole ``run_demo`` (teacher, variations, student, baseline) in its own
+process with one torch thread, so N workers use N cores without fighting. Results are
+appended to a JSON-lines file as they finish (a killed sweep keeps what it had), and
+``--summarize`` turns such a file into the markdown tables of BENCHMARKS.md.
+
+    python benchmarks/demo_sweep.py --plan defaults --seeds 0 1 2 --workers 2
+    python benchmarks/demo_sweep.py --plan full --workers 16 --time-budget 420 --out sweep.jsonl
+    python benchmarks/demo_sweep.py --summarize sweep.jsonl
+
+Only the defence changes between configurations; the attacks are the foundation's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ATTACKS = ["badnets", "blended", "wanet", "sig"]
+
+# name -> run_demo overrides (DemoSettings fields; "variation_options" for ImageVariation)
+CONFIGS: dict[str, dict] = {
+    "default": {},
+    "smoke": {"train_rows": 60, "test_rows": 40, "teacher_epochs": 1, "student_epochs": 1,
+              "variation_options": {"num_inference_steps": 4, "num_variations": 1}},
+    "alpha0.5": {"alpha": 0.5},
+    "alpha0.8": {"alpha": 0.8},
+    "alpha1": {"alpha": 1.0},
+    "T10": {"temperature": 10.0},
+    "own_logits": {"teacher_logits": "own"},
+    "s0.5": {"variation_options": {"strength": 0.5}},
+    "s0.7": {"variation_options": {"strength": 0.7}},
+    "s0.8": {"variation_options": {"strength": 0.8}},
+    "nv1": {"variation_options": {"num_variations": 1}},
+    "nv4": {"variation_options": {"num_variations": 4}},
+    "color_transfer": {"variation_options": {"color_transfer": True}},
+    "deterministic": {"variation_options": {"stochastic": False}},
+    "steps10": {"variation_options": {"num_inference_steps": 10}},
+}
+
+
+def plan(name: str, seeds: list[int]) -> list[tuple[str, str, int]]:
+    """Jobs (config, attack, seed), most important first (a time budget cuts the tail)."""
+    jobs = []
+    if name == "smoke":  # seconds: checks that the sweep machinery works
+        jobs += [("smoke", a, s) for s in seeds[:1] for a in ATTACKS]
+    if name in ("defaults", "full"):
+        jobs += [("default", a, s) for s in seeds for a in ATTACKS]
+    if name == "full":
+        few = seeds[:3]
+        for config in ("alpha0.5", "s0.7", "alpha0.8"):
+            jobs += [(config, a, s) for s in few for a in ATTACKS]
+        for config in ("s0.5", "s0.8", "nv1", "own_logits", "T10", "color_transfer", "deterministic", "steps10",
+                       "nv4"):
+            jobs += [(config, a, s) for s in few for a in ("badnets", "blended")]
+    return jobs
+
+
+def run_job(job: tuple[str, str, int]) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    from hf_backdoor_guard.demo import run_demo
+
+    config, attack, seed = job
+    overrides = json.loads(json.dumps(CONFIGS[config]))
+    with tempfile.TemporaryDirectory() as out:
+        import contextlib
+        import io
+
+        with contextlib.redirect_stderr(io.StringIO()):  # the trainers' progress bars
+            result = run_demo(attack, Path(out) / "demo", seed=seed, **overrides)
+    return {"config": config, "attack": attack, "seed": seed, "seconds": result["seconds"],
+            "timings": result["timings"], "models": result["models"]}
+
+
+def sweep(jobs, workers: int, out: Path, time_budget: float) -> None:
+    started = time.time()
+    pending = list(jobs)
+    with ProcessPoolExecutor(max_workers=workers) as pool, out.open("a") as sink:
+        running = {}
+        while pending or running:
+            while pending and len(running) < workers and time.time() - started < time_budget:
+                job = pending.pop(0)
+                running[pool.submit(run_job, job)] = job
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                try:
+                    record = future.result()
+                except Exception as error:  # keep the sweep going; record the failure
+                    record = {"config": job[0], "attack": job[1], "seed": job[2], "error": repr(error)}
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+                models = record.get("models", {})
+                print(f"[{time.time() - started:5.0f} s] {job}: "
+                      + ", ".join(f"{m} C-Acc {v['clean_accuracy']:.3f} ASR {v['attack_success_rate']:.3f}"
+                                  for m, v in models.items()) + (record.get("error") or ""), flush=True)
+    if pending:
+        print(f"time budget reached: {len(pending)} job(s) not started", flush=True)
+
+
+def summarize(path: Path) -> str:
+    """Markdown: per config and attack, mean (min-max) of each model's C-Acc and ASR over seeds."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    groups = defaultdict(list)
+    for record in records:
+        if "models" in record:
+            groups[(record["config"], record["attack"])].append(record)
+    lines = ["| config | attack | seeds | teacher C-Acc / ASR | student C-Acc / ASR | student R-Acc "
+             "| variations_ce C-Acc / ASR | worst seed: student ASR, C-Acc gap | s / run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (config, attack), runs in sorted(groups.items(), key=lambda kv: (list(CONFIGS).index(kv[0][0]),
+                                                                        ATTACKS.index(kv[0][1]))):
+        def mean(model, key):
+            return sum(r["models"][model][key] for r in runs) / len(runs)
+
+        worst_asr = max(r["models"]["student"]["attack_success_rate"] for r in runs)
+        worst_gap = max(r["models"]["teacher"]["clean_accuracy"] - r["models"]["student"]["clean_accuracy"]
+                        for r in runs)
+        seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
+        lines.append(
+            f"| {config} | {attack} | {seeds} "
+            f"| {mean('teacher', 'clean_accuracy'):.3f} / {mean('teacher', 'attack_success_rate'):.3f} "
+            f"| {mean('student', 'clean_accuracy'):.3f} / {mean('student', 'attack_success_rate'):.3f} "
+            f"| {mean('student', 'robust_accuracy'):.3f} "
+            f"| {mean('variations_ce', 'clean_accuracy'):.3f} / {mean('variations_ce', 'attack_success_rate'):.3f} "
+            f"| {worst_asr:.3f}, {worst_gap:+.3f} "
+            f"| {sum(r['seconds'] for r in runs) / len(runs):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plan", choices=["smoke", "defaults", "full"], default="defaults")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--time-budget", type=float, default=float("inf"),
+                        help="Seconds after which no new job starts (running ones finish).")
+    parser.add_argument("--out", type=Path, default=Path("demo_sweep.jsonl"))
+    parser.add_argument("--summarize", type=Path, help="Only print the tables of an earlier sweep's file.")
+    args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
+    jobs = plan(args.plan, args.seeds)
+    print(f"{len(jobs)} jobs on {args.workers} worker(s)", flush=True)
+    sweep(jobs, args.workers, args.out, args.time_budget)
+    print(summarize(args.out))
+
+
+if __name__ == "__main__":
+    main()
