@@ -161,3 +161,39 @@ def test_two_processes_split_shards_and_match_one_process(ds, clean_run, tmp_pat
     assert [log["calls"] for log in logs] == [[4, 4, 4], [4, 4]]
     assert [log["rows"] for log in logs] == [20, 20]
     assert rows(load_from_disk(out_dir)) == rows(clean_run[1])
+
+
+TORCHRUN_WORKER = """
+import logging
+import sys
+import torch
+logging.basicConfig(level=logging.INFO, format="%(process)d %(message)s")
+torch.set_num_threads(1)
+from datasets import load_from_disk
+import hf_backdoor_guard as hbg
+ds_dir, pipeline_dir, out_dir = sys.argv[1:4]
+variation = hbg.ImageVariation.from_pretrained(pipeline_dir, **{options})
+hbg.generate_variations(load_from_disk(ds_dir), variation, out_dir, batch_size=2, shard_size=4, progress=False)
+"""
+
+
+def test_torchrun_two_processes_without_gpus(ds, clean_run, tmp_path):
+    # Under torchrun on a GPU-less machine accelerate's PartialState starts the process group but
+    # reports one process; generate_variations must still split the shards (not write each twice).
+    import subprocess
+    import sys
+
+    ds_dir, out_dir = tmp_path / "input", tmp_path / "variations"
+    ds.save_to_disk(str(ds_dir))
+    script = tmp_path / "worker.py"
+    script.write_text(TORCHRUN_WORKER.format(options=OPTIONS))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(hbg.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(ds_dir), str(saved_family("ddim")[0]), str(out_dir)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = [line.split(" ", 1) for line in done.stderr.splitlines() if " written in " in line]
+    assert sorted(message.split(" (")[0] for _, message in written) == ["Shard 1/3", "Shard 2/3", "Shard 3/3"]
+    assert len({pid for pid, _ in written}) == 2  # both processes worked, no shard twice
+    assert rows(load_from_disk(str(out_dir))) == rows(clean_run[1])

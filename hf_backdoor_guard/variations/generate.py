@@ -64,8 +64,8 @@ def _process_state():
     """Rank, world size and barrier of the current launch; one process when nothing was launched.
 
     Under ``accelerate launch`` / ``torchrun`` accelerate's PartialState sets up the
-    process group; an already initialised ``torch.distributed`` group is used as is. A
-    plain single-process call does not create accelerate's global state as a side effect.
+    process group; an initialised ``torch.distributed`` group is used as is. A plain
+    single-process call does not create accelerate's global state as a side effect.
     """
     import torch.distributed as dist
     from accelerate import PartialState
@@ -74,6 +74,8 @@ def _process_state():
         state = PartialState()
         if state.num_processes > 1:
             return state
+    # torchrun on a machine without GPUs: PartialState starts the process group but reports one
+    # process; accelerate's debug_launcher starts the group without the environment variables.
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return _TorchDistributed()
     return _SingleProcess()
