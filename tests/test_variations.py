@@ -238,6 +238,8 @@ def test_bad_options_raise_before_generation(tmp_path, mixed_ds, monkeypatch):
         load("sd-image-variation", strength=0.5)
     with pytest.raises(ValueError, match="0 denoising steps"):
         load("sd-img2img", num_inference_steps=2, strength=0.3)
+    with pytest.raises(ValueError, match=r"prior_kwargs\['num_inference_steps'\]=2 with strength=0.4 runs"):
+        load("kandinsky22", strength=0.4)
     with pytest.raises(ValueError, match="guidance_scale is not used"):
         load("ddim", guidance_scale=3.0)
     with pytest.raises(ValueError, match="eta is not used"):

@@ -89,6 +89,8 @@ class Adapter:
     #: steps the pipeline runs when num_inference_steps is not given (used for checks)
     default_steps: ClassVar[int] = 50
     default_strength: ClassVar[float | None] = None
+    #: steps of the prior stage when prior_kwargs does not set them (two-stage families)
+    default_prior_steps: ClassVar[int | None] = None
 
     def __init__(self, pipeline, prior=None):
         needs_prior = bool(self.prior_classes)

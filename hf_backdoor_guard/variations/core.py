@@ -249,21 +249,18 @@ class ImageVariation:
         steps = self.num_inference_steps
         if self.strength is not None and not adapter.uses_strength:
             raise ValueError(f"strength is not used by {family}; leave it unset.")
-        if adapter.uses_strength and self.adapter.prior is None:
+        if adapter.uses_strength:  # img2img's convention: int(steps * strength) steps run; 0 crashes diffusers
             strength = self.strength if self.strength is not None else adapter.default_strength
-            total = steps or adapter.default_steps
+            if adapter.prior is None:
+                total, name = steps or adapter.default_steps, "num_inference_steps"
+            else:  # Kandinsky: strength acts on the prior
+                strength = self.prior_kwargs.get("strength", strength)
+                total = self.prior_kwargs.get("num_inference_steps", adapter.default_prior_steps)
+                name = "prior_kwargs['num_inference_steps']"
             if int(total * strength) < 1:
                 raise ValueError(
-                    f"num_inference_steps={total} with strength={strength} runs int({total} * {strength}) = 0 "
-                    "denoising steps; raise num_inference_steps or strength."
-                )
-        if adapter.prior is not None and adapter.uses_strength:
-            strength = self.strength if self.strength is not None else adapter.default_strength
-            prior_steps = self.prior_kwargs.get("num_inference_steps", getattr(adapter, "default_prior_steps", 25))
-            if int(prior_steps * self.prior_kwargs.get("strength", strength)) < 1:
-                raise ValueError(
-                    f"The prior runs int({prior_steps} * {strength}) = 0 steps; raise strength or "
-                    "prior_kwargs['num_inference_steps']."
+                    f"{name}={total} with strength={strength} runs int({total} * {strength}) = 0 denoising steps; "
+                    f"raise {name} or strength."
                 )
         if self.guidance_scale is not None and not adapter.uses_guidance:
             raise ValueError(f"guidance_scale is not used by the unconditional {family}; leave it unset.")
