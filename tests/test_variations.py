@@ -22,6 +22,7 @@ FAST = {
     "unclip-img2img": dict(num_inference_steps=2),
     "kandinsky22": dict(num_inference_steps=2, strength=0.5, prior_kwargs={"num_inference_steps": 2}),
     "sd-img2img": dict(num_inference_steps=4, strength=0.5),
+    "sd-text2img": dict(num_inference_steps=4, strength=0.5),
     "flux-redux": dict(num_inference_steps=2),
     "ddim": dict(num_inference_steps=4, strength=0.5, eta=1.0),
     "ddpm": dict(num_inference_steps=4, strength=0.5),
@@ -29,7 +30,7 @@ FAST = {
 ADAPTER = {
     "sd-image-variation": "SDImageVariationAdapter", "versatile": "VersatileDiffusionAdapter",
     "unclip-img2img": "StableUnCLIPImg2ImgAdapter", "kandinsky22": "Kandinsky22Adapter",
-    "sd-img2img": "Img2ImgAdapter", "flux-redux": "FluxReduxAdapter",
+    "sd-img2img": "Img2ImgAdapter", "sd-text2img": "Img2ImgAdapter", "flux-redux": "FluxReduxAdapter",
     "ddim": "UnconditionalSDEditAdapter", "ddpm": "UnconditionalSDEditAdapter",
 }
 
@@ -87,13 +88,17 @@ def test_built_and_reloaded_pipelines_have_the_same_fingerprint(name):
     assert built.fingerprint == load(name).fingerprint
 
 
-def test_from_pretrained_recognises_ddpm_and_ddim_folders():
+def test_from_pretrained_recognises_ddpm_ddim_and_text2img_folders():
     for name in ("ddim", "ddpm"):
         path, _ = saved_family(name)
         assert json.loads((path / "model_index.json").read_text())["_class_name"] == f"{name.upper()}Pipeline"
         variation = load(name)
         assert type(variation.adapter.pipeline).__name__ == f"{name.upper()}Pipeline"
     assert load("ddim").adapter.uses_eta and not load("ddpm").adapter.uses_eta
+    # a text-to-image Stable Diffusion folder runs as img2img (SDEdit)
+    assert json.loads((saved_family("sd-text2img")[0] / "model_index.json").read_text())["_class_name"] == \
+        "StableDiffusionPipeline"
+    assert type(load("sd-text2img").adapter.pipeline).__name__ == "StableDiffusionImg2ImgPipeline"
 
 
 def test_same_variations_whatever_batch_size_or_order():
@@ -211,8 +216,8 @@ def test_bad_options_raise_before_generation(tmp_path, mixed_ds, monkeypatch):
         hbg.ImageVariation.from_pretrained(tmp_path)
     foreign = tmp_path / "foreign"
     shutil.copytree(saved_family("ddim")[0], foreign)
-    (foreign / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    with pytest.raises(ValueError, match="Unsupported pipeline class StableDiffusionPipeline"):
+    (foreign / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
+    with pytest.raises(ValueError, match="Unsupported pipeline class DiTPipeline"):
         hbg.ImageVariation.from_pretrained(foreign)
     with pytest.raises(ValueError, match="Could not fetch model_index.json of 'nobody/no-such-model'"):
         hbg.ImageVariation.from_pretrained("nobody/no-such-model")  # offline in tests

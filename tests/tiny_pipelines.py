@@ -157,6 +157,14 @@ def build_sd_img2img():
     return pipe, None
 
 
+def build_sd_text2img():
+    """A text-to-image SD pipeline (what SD 1.5-style repos hold); ImageVariation runs it as img2img."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe, _ = build_sd_img2img()
+    return StableDiffusionPipeline(**pipe.components, requires_safety_checker=False), None
+
+
 def build_kandinsky22():
     from diffusers import (KandinskyV22Pipeline, KandinskyV22PriorEmb2EmbPipeline, PriorTransformer,
                            UNet2DConditionModel, UnCLIPScheduler, VQModel)
@@ -238,6 +246,7 @@ FAMILIES = {
     "unclip-img2img": build_unclip_img2img,
     "kandinsky22": build_kandinsky22,
     "sd-img2img": build_sd_img2img,
+    "sd-text2img": build_sd_text2img,
     "flux-redux": build_flux_redux,
     "ddim": build_ddim,
     "ddpm": build_ddpm,

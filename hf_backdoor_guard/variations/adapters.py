@@ -78,6 +78,9 @@ class Adapter:
 
     #: ``_class_name`` values in model_index.json that this adapter runs (main pipeline).
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    #: other pipeline classes with the same components, run as ``pipeline_classes[0]``
+    #: (e.g. a text-to-image Stable Diffusion repo used for SDEdit)
+    converted_classes: ClassVar[tuple[str, ...]] = ()
     #: for two-stage families: the prior pipeline classes accepted (and the one to load it as).
     prior_classes: ClassVar[tuple[str, ...]] = ()
     #: works in a VAE latent space, so sizes must be multiples of 8
@@ -106,6 +109,10 @@ class Adapter:
                 f"prior must be one of {', '.join(self.prior_classes)} for {type(pipeline).__name__}, "
                 f"got {type(prior).__name__}."
             )
+        if type(pipeline).__name__ in self.converted_classes:
+            import diffusers
+
+            pipeline = getattr(diffusers, self.pipeline_classes[0]).from_pipe(pipeline)
         self.pipeline = pipeline
         self.prior = self._prepare_prior(prior) if prior is not None else None
         for pipe in self.pipelines:
@@ -174,6 +181,8 @@ class Adapter:
         """Load the pipeline (at ``revision``) and, for two-stage families, its prior (default branch)."""
         variant_kwargs = {"variant": variant} if variant else {}
         revision_kwargs = {"revision": revision} if revision else {}
+        if class_name in cls.converted_classes:
+            class_name = cls.pipeline_classes[0]
         pipeline = _load(class_name, path, dtype, **cls.extra_load_kwargs(), **variant_kwargs, **revision_kwargs)
         prior = None
         if cls.prior_classes and prior_path is not None:
@@ -240,6 +249,7 @@ class Img2ImgAdapter(Adapter):
     """SDEdit with a text-to-image model: noise the source to ``strength``, denoise with a prompt."""
 
     pipeline_classes = ("StableDiffusionImg2ImgPipeline",)
+    converted_classes = ("StableDiffusionPipeline",)  # text-to-image repos such as SD 1.5 / 2.1
     uses_strength = True
     uses_prompt = True
     uses_eta = True
@@ -425,7 +435,8 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     UnconditionalSDEditAdapter,
 )
 
-SUPPORTED_CLASSES = {name: adapter for adapter in ADAPTERS for name in adapter.pipeline_classes}
+SUPPORTED_CLASSES = {name: adapter for adapter in ADAPTERS
+                     for name in adapter.pipeline_classes + adapter.converted_classes}
 PRIOR_CLASSES = {name: adapter for adapter in ADAPTERS for name in adapter.prior_classes}
 
 
