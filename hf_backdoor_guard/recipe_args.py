@@ -1037,6 +1037,7 @@ class MultiStepLRCallback(_callback_base()):
         from torch.optim.lr_scheduler import LambdaLR
 
         self.check_args(args)
+        lr_scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's AcceleratedScheduler wraps it
         if not isinstance(lr_scheduler, LambdaLR):
             raise ValueError(f"MultiStepLRCallback needs the trainer's LambdaLR schedule, got {type(lr_scheduler)}.")
         if train_dataloader is not None and hasattr(train_dataloader, "__len__"):
