@@ -181,6 +181,16 @@ def test_keep_source_and_sizes(mixed_ds):
     assert "source_image" not in mixed_ds.map(load("ddim"), batched=True, with_indices=True).column_names
 
 
+def test_text2img_pipeline_runs_as_img2img_without_touching_dtypes():
+    pipe, _ = FAMILIES["sd-text2img"]()
+    pipe.unet.to(torch.bfloat16)  # mixed on purpose: from_pipe would cast it back to float32
+    variation = hbg.ImageVariation(pipe, size=32, num_inference_steps=4, strength=0.5)
+    assert type(variation.adapter.pipeline).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert variation.adapter.pipeline.unet is pipe.unet
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    assert not variation.adapter.pipeline.config.requires_safety_checker
+
+
 def test_scheduler_choice_replaces_the_scheduler():
     variation = load("sd-image-variation", scheduler="DDIMScheduler")
     assert type(variation.adapter.pipeline.scheduler).__name__ == "DDIMScheduler"

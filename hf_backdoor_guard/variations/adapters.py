@@ -110,9 +110,7 @@ class Adapter:
                 f"got {type(prior).__name__}."
             )
         if type(pipeline).__name__ in self.converted_classes:
-            import diffusers
-
-            pipeline = getattr(diffusers, self.pipeline_classes[0]).from_pipe(pipeline)
+            pipeline = _rebuild_as(self.pipeline_classes[0], pipeline)
         self.pipeline = pipeline
         self.prior = self._prepare_prior(prior) if prior is not None else None
         for pipe in self.pipelines:
@@ -192,6 +190,24 @@ class Adapter:
     @classmethod
     def extra_load_kwargs(cls) -> dict:
         return {}
+
+
+def _rebuild_as(class_name: str, pipeline):
+    """The same models and settings as another pipeline class (e.g. text-to-image -> img2img).
+
+    Built directly rather than with ``from_pipe``, which casts every shared model to
+    float32 in place (see ``set_scheduler``).
+    """
+    import inspect
+
+    import diffusers
+
+    target = getattr(diffusers, class_name)
+    accepted = inspect.signature(target.__init__).parameters
+    kwargs = {name: value for name, value in pipeline.components.items() if name in accepted}
+    kwargs.update({name: value for name, value in pipeline.config.items()
+                   if name in accepted and name not in kwargs and not name.startswith("_")})
+    return target(**kwargs)
 
 
 def _is_instance_of(obj, class_names: tuple[str, ...]) -> bool:
