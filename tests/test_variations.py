@@ -191,6 +191,20 @@ def test_text2img_pipeline_runs_as_img2img_without_touching_dtypes():
     assert not variation.adapter.pipeline.config.requires_safety_checker
 
 
+def test_kandinsky_plain_prior_pipeline_is_accepted(tmp_path):
+    from diffusers import KandinskyV22PriorPipeline
+
+    decoder, emb2emb = FAMILIES["kandinsky22"]()
+    plain = KandinskyV22PriorPipeline(**emb2emb.components)
+    plain.save_pretrained(tmp_path / "prior")
+    in_memory = hbg.ImageVariation(decoder, prior=plain, size=32, **FAST["kandinsky22"])
+    assert type(in_memory.adapter.prior).__name__ == "KandinskyV22PriorEmb2EmbPipeline"
+    reloaded = hbg.ImageVariation.from_pretrained(saved_family("kandinsky22")[0], prior=tmp_path / "prior", size=32,
+                                                  **FAST["kandinsky22"])
+    image = [random_image(0)]
+    assert np.array_equal(as_array(in_memory.generate(image, [0])[0]), as_array(reloaded.generate(image, [0])[0]))
+
+
 def test_scheduler_choice_replaces_the_scheduler():
     variation = load("sd-image-variation", scheduler="DDIMScheduler")
     assert type(variation.adapter.pipeline.scheduler).__name__ == "DDIMScheduler"

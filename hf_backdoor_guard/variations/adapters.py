@@ -300,11 +300,10 @@ class Kandinsky22Adapter(Adapter):
     default_prior_steps = 25
 
     def _prepare_prior(self, prior):
-        # The plain prior pipeline has the same components; emb2emb adds the image input.
-        import diffusers
-
+        # The plain prior pipeline (what the kandinsky-2-2-prior repo holds) has the same
+        # components; emb2emb adds the image input.
         if type(prior).__name__ == "KandinskyV22PriorPipeline":
-            prior = diffusers.KandinskyV22PriorEmb2EmbPipeline(**prior.components)
+            prior = _rebuild_as("KandinskyV22PriorEmb2EmbPipeline", prior)
         return prior
 
     def native_size(self):
