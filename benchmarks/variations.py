@@ -88,8 +88,8 @@ def bench_map(n: int, batch_size: int, steps: int, repeats: int) -> None:
             fn()
             cpu[name].append(time.process_time() - cpu_began)
             wall[name].append(time.perf_counter() - wall_began)
-    print(f"## map vs plain loop: tiny SD image-variation pipeline, {n} images 32x32, batch {batch_size}, "
-          f"{steps} steps, best of {repeats}")
+    print(f"[map vs plain loop: tiny SD image-variation pipeline, {n} images 32x32, batch {batch_size}, "
+          f"{steps} steps, best of {repeats}]")
     print("CPU time of this single-threaded process (steady on a shared machine), wall time beside it")
     print(f"{'mode':26s} {'CPU s':>7s} {'ratio':>6s} {'wall s':>7s} {'ratio':>6s} {'img/s (CPU)':>11s}")
     base_cpu, base_wall = min(cpu[names[0]]), min(wall[names[0]])
@@ -163,7 +163,7 @@ def rss_child(n: int, pipeline_dir: str, out_dir: str) -> None:
 def bench_rss(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pipeline_dir, _ = save_family("ddim", Path(tmp) / "ddim")
-        print("## generate_variations peak memory (tiny DDIM SDEdit, 32x32, batch 16, shards of 128 rows)")
+        print("[generate_variations peak memory: tiny DDIM SDEdit, 32x32, batch 16, shards of 128 rows]")
         print("peak RSS counts resident pages of the memory-mapped input and output files too; "
               "RssAnon is private memory (heap)")
         header = ("rows", "out rows", "RSS before MB", "peak RSS MB", "RssAnon before MB", "peak RssAnon MB", "seconds")
