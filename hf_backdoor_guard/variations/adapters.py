@@ -9,9 +9,8 @@ here; ``ImageVariation`` only deals with datasets, seeds and colour.
 
 from __future__ import annotations
 
-import copy
-
 import contextlib
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
