@@ -71,7 +71,8 @@ def check_target_label(target_label: int, num_classes: int | None, label_column:
 
 def check_fraction(name: str, value: float, low_inclusive: bool = True) -> None:
     """``value`` lies in [0, 1] (or (0, 1] with ``low_inclusive=False``)."""
-    low_ok = value >= 0 if low_inclusive else value > 0
-    if not isinstance(value, (int, float)) or not (low_ok and value <= 1):
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    low_ok = number and (value >= 0 if low_inclusive else value > 0)
+    if not (low_ok and value <= 1):
         bounds = "[0, 1]" if low_inclusive else "(0, 1]"
         raise ValueError(f"{name} must lie in {bounds}, got {value!r}.")

@@ -39,7 +39,7 @@ def test_evaluate_modules_load_by_path_offline_and_match():
     assert metric.compute()["clean_accuracy"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="Unknown metric"):
         hbg.load_metric("accuracy")
-    assert set(METRIC_NAMES) == {"clean_accuracy", "attack_success_rate", "robust_accuracy"}
+    assert set(METRIC_NAMES) == {"clean_accuracy", "attack_success_rate", "robust_accuracy", "poison_detection"}
 
 
 def tiny_vit(num_labels=4):

@@ -154,3 +154,9 @@ def test_oversized_trigger_in_a_later_row_names_it():
                            features=Features({"image": Image(), "label": ClassLabel(num_classes=2)}))
     with pytest.raises(ValueError, match="row 3"):
         hbg.poison_dataset(ds, hbg.BadNets(size=3), rate=1.0)
+
+
+@pytest.mark.parametrize("rate", ["0.1", None, True])
+def test_rate_of_the_wrong_type_is_a_value_error(rate):
+    with pytest.raises(ValueError, match=r"rate must lie in \[0, 1\]"):
+        hbg.poison_dataset(make_dataset(n=10), hbg.BadNets(), rate=rate)
