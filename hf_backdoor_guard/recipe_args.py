@@ -955,30 +955,10 @@ def train_transform(image_processor, augment_args: AugmentArguments, teacher_ima
 
 
 def load_variation(options: VariationArguments, device=None):
-    """The ``ImageVariation`` the options describe, on ``device``.
+    """The ``ImageVariation`` the options describe, on ``device``."""
+    from .variations import ImageVariation
 
-    ``shi-labs/versatile-diffusion`` (the paper's model) is saved as the all-in-one
-    ``VersatileDiffusionPipeline``, which ``ImageVariation.from_pretrained`` does not list;
-    its image-variation sub-pipeline loads from the same repo (diffusers skips the text
-    components), so that case is loaded here with the sub-pipeline class.
-    """
-    from diffusers import DiffusionPipeline
-
-    from .variations import SUPPORTED_CLASSES, ImageVariation
-
-    kwargs = options.variation_options()
-    all_in_one = "VersatileDiffusionPipeline"
-    if all_in_one not in SUPPORTED_CLASSES:
-        config = DiffusionPipeline.load_config(options.diffusion_model, revision=options.diffusion_revision)
-        if config.get("_class_name") == all_in_one:
-            from diffusers import VersatileDiffusionImageVariationPipeline
-
-            load = {key: kwargs.pop(key) for key in ("revision", "variant") if key in kwargs}
-            logger.info("Loading the image-variation part of %s (%s)", options.diffusion_model, all_in_one)
-            pipeline = VersatileDiffusionImageVariationPipeline.from_pretrained(
-                options.diffusion_model, use_safetensors=True, **load)
-            return ImageVariation(pipeline, device=device, **kwargs)
-    return ImageVariation.from_pretrained(options.diffusion_model, device=device, **kwargs)
+    return ImageVariation.from_pretrained(options.diffusion_model, device=device, **options.variation_options())
 
 
 # --------------------------------------------------------------------------------------

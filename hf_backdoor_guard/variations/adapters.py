@@ -240,6 +240,9 @@ class VersatileDiffusionAdapter(SDImageVariationAdapter):
     """shi-labs/versatile-diffusion image variation (the paper's model)."""
 
     pipeline_classes = ("VersatileDiffusionImageVariationPipeline",)
+    # shi-labs/versatile-diffusion is saved as the all-in-one pipeline; its image-variation
+    # part loads from the same repo (diffusers skips the text components).
+    converted_classes = ("VersatileDiffusionPipeline",)
 
     def _unet(self):
         return self.pipeline.image_unet
