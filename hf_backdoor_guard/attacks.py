@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .images import to_rgb
+from .validation import check_int
 
 _HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -78,8 +79,7 @@ class BadNets(Attack):
     LOCATIONS = ("bottom_right", "top_left", "random")
 
     def __init__(self, trigger: str = "checkerboard", size: int = 3, location: str = "bottom_right", seed: int = 42):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"BadNets size must be a positive int, got {size!r}.")
+        check_int("BadNets size", size)
         if location not in self.LOCATIONS:
             raise ValueError(f"BadNets location must be one of {self.LOCATIONS}, got {location!r}.")
         self.trigger, self.size, self.location, self.seed = trigger, size, location, seed

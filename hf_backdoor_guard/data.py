@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image as PILImage
 
+from .validation import check_int
+
 if TYPE_CHECKING:
     from datasets import DatasetDict
 
@@ -51,8 +53,7 @@ def _check_options(size, pretrain_size, test_size, resample) -> None:
     if resample not in _RESAMPLE:
         raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}.")
     for name, value in (("pretrain_size", pretrain_size), ("test_size", test_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 10:
-            raise ValueError(f"{name} must be an int >= 10 (one row per class), got {value!r}.")
+        check_int(name, value, minimum=10)  # at least one row per class
     if pretrain_size + test_size > NUM_DIGITS - 10:
         raise ValueError(
             f"pretrain_size + test_size = {pretrain_size + test_size} leaves fewer than 10 of the "

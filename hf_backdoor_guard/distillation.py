@@ -397,7 +397,7 @@ def precompute_teacher_logits(
     from datasets import Features, List, Value
     from datasets.fingerprint import Hasher
 
-    from .validation import check_image_column
+    from .validation import check_image_column, check_int
 
     check_image_column(ds, image_column)
     if ds.format["type"] is not None:
@@ -407,8 +407,7 @@ def precompute_teacher_logits(
         )
     if column in ds.column_names:
         raise ValueError(f"Column '{column}' already exists in the dataset; pass column=... or remove it first.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    check_int("batch_size", batch_size)
     if isinstance(teacher, str):
         if image_processor is None:
             image_processor = _load_processor(teacher)

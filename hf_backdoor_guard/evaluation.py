@@ -13,7 +13,7 @@ from .attacks import Attack
 from .images import to_rgb
 from .metrics import load_metric
 from .poisoning import triggered_testset
-from .validation import check_dataset, check_image_column
+from .validation import check_dataset, check_image_column, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ def predict_logits(
     Runs batched, in eval mode, under ``torch.no_grad``, on the model's device and dtype.
     """
     check_image_column(ds, image_column)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    check_int("batch_size", batch_size)
     processor = resolve_image_processor(model, image_processor)
     was_training = model.training
     model.eval()

@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from .validation import check_int
+
 logger = logging.getLogger(__name__)
 
 SCRIPTS = ("train_teacher", "generate_variations", "train_student", "evaluate")
@@ -138,8 +140,8 @@ class DataArguments:
         self.rename_columns = parse_mapping(self.rename_columns, "rename_columns")
         for name in ("max_train_samples", "max_eval_samples", "resize_images"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+            if value is not None:
+                check_int(name, value)
 
 
 @dataclass
@@ -326,8 +328,7 @@ class VariationArguments:
             raise ValueError("push_to_hub needs hub_dataset_id (user/name).")
         for name in ("variation_batch_size", "num_variations"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+            check_int(name, value)
 
     def variation_options(self) -> dict[str, Any]:
         """Keyword arguments of ``ImageVariation.from_pretrained``."""

@@ -11,7 +11,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .transforms import ImageClassificationCollator, prepare_image_dataset
-from .validation import check_dataset, check_target_label
+from .validation import check_dataset, check_int, check_target_label
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ class BackdoorMetricsCallback(TrainerCallback):
 
         num_classes = check_dataset(test_ds, image_column, label_column)
         check_target_label(target_label, num_classes, label_column)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        check_int("batch_size", batch_size)
         self.test_ds = test_ds
         self.attack = attack
         self.target_label = target_label

@@ -69,6 +69,12 @@ def check_target_label(target_label: int, num_classes: int | None, label_column:
         )
 
 
+def check_int(name: str, value, minimum: int = 1) -> None:
+    """``value`` is an int >= ``minimum`` (bools, floats and strings rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+
+
 def check_fraction(name: str, value: float, low_inclusive: bool = True) -> None:
     """``value`` lies in [0, 1] (or (0, 1] with ``low_inclusive=False``)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)

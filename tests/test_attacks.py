@@ -93,7 +93,7 @@ def test_sixteen_bit_grey_is_rescaled_not_clipped():
         (lambda: hbg.BadNets(trigger="stars"), "Unknown BadNets trigger 'stars'"),
         (lambda: hbg.BadNets(trigger="#12345"), "'#12345' is not a colour"),
         (lambda: hbg.BadNets(trigger="checkerboard_#ff0000_red"), "'red' is not a colour"),
-        (lambda: hbg.BadNets(size=0), "size must be a positive int"),
+        (lambda: hbg.BadNets(size=0), "BadNets size must be an int >= 1"),
         (lambda: hbg.BadNets(location="middle"), "location must be one of"),
         (lambda: hbg.Blended(ratio=1.5), "ratio must lie in"),
         (lambda: hbg.Blended(trigger="stripes"), "Unknown Blended trigger"),

@@ -59,6 +59,17 @@ def robust_accuracy(predictions, original_labels, target_label: int | None = Non
     return _share(predictions == original_labels)
 
 
+def metric_info(description: str, inputs_description: str, prediction_dtype: str = "int64"):
+    """The ``evaluate.MetricInfo`` every shipped module declares: predictions and int references."""
+    import datasets
+    import evaluate
+
+    features = datasets.Features({"predictions": datasets.Value(prediction_dtype),
+                                  "references": datasets.Value("int64")})
+    return evaluate.MetricInfo(description=description, citation="", inputs_description=inputs_description,
+                               features=features)
+
+
 def metric_path(name: str) -> Path:
     """Path of the shipped ``evaluate`` module for ``name``."""
     if name not in METRIC_NAMES:

@@ -4,10 +4,9 @@
 true class is the target are left out.
 """
 
-import datasets
 import evaluate
 
-from hf_backdoor_guard.metrics import attack_success_rate
+from hf_backdoor_guard.metrics import attack_success_rate, metric_info
 
 _DESCRIPTION = (
     "Attack success rate (ASR): among triggered test images whose true class is not the target, "
@@ -26,12 +25,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class AttackSuccessRate(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references, target_label=0):
         return {"attack_success_rate": attack_success_rate(predictions, target_label, original_labels=references)}

@@ -1,9 +1,8 @@
 """Clean accuracy (C-Acc) as an ``evaluate`` module: share of clean images classified correctly."""
 
-import datasets
 import evaluate
 
-from hf_backdoor_guard.metrics import clean_accuracy
+from hf_backdoor_guard.metrics import clean_accuracy, metric_info
 
 _DESCRIPTION = "Clean accuracy (C-Acc): the share of clean test images classified as their label."
 _KWARGS = """
@@ -18,12 +17,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class CleanAccuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references):
         return {"clean_accuracy": clean_accuracy(predictions, references)}

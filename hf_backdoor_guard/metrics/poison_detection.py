@@ -4,10 +4,9 @@
 ground truth (1 = poisoned, e.g. the ``poisoned`` column of ``poison_dataset``).
 """
 
-import datasets
 import evaluate
 
-from hf_backdoor_guard.metrics import detection_metrics
+from hf_backdoor_guard.metrics import detection_metrics, metric_info
 
 _DESCRIPTION = "AUROC of suspicion scores, and precision/recall of the rows scoring at or above a threshold."
 _KWARGS = """
@@ -23,12 +22,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class PoisonDetection(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("int64")}),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS, "float64")
 
     def _compute(self, predictions, references, threshold=0.5):
         return detection_metrics(predictions, references, threshold=threshold)

@@ -4,10 +4,9 @@
 ``target_label`` given, rows whose true class is the target are left out.
 """
 
-import datasets
 import evaluate
 
-from hf_backdoor_guard.metrics import robust_accuracy
+from hf_backdoor_guard.metrics import robust_accuracy, metric_info
 
 _DESCRIPTION = "Robust accuracy (R-Acc): the share of triggered test images still classified as their true class."
 _KWARGS = """
@@ -23,12 +22,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
 class RobustAccuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS)
 
     def _compute(self, predictions, references, target_label=None):
         return {"robust_accuracy": robust_accuracy(predictions, references, target_label=target_label)}

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..images import load_rgb
-from ..validation import check_image_column
+from ..validation import check_image_column, check_int
 from .adapters import (PRIOR_CLASSES, SUPPORTED_CLASSES, Adapter, Settings, adapter_for_pipeline, clean_config,
                        quiet_progress_bars, supported_list)
 from .color import lab_stats, match_lab_stats
@@ -43,20 +43,14 @@ def variation_seed(seed: int, row: int, variation: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def check_positive_int(name: str, value) -> None:
-    """``value`` is an int >= 1 (bools, floats and strings rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
-
-
 _GENERIC_OPTIONS = ("num_variations", "num_inference_steps", "strength", "seed")
 
 
 def _check_generic_options(num_variations=1, num_inference_steps=None, strength=None, seed=42) -> None:
     """The checks that need no pipeline, so from_pretrained can run them before loading weights."""
-    check_positive_int("num_variations", num_variations)
+    check_int("num_variations", num_variations)
     if num_inference_steps is not None:
-        check_positive_int("num_inference_steps", num_inference_steps)
+        check_int("num_inference_steps", num_inference_steps)
     if strength is not None and (isinstance(strength, bool) or not isinstance(strength, (int, float))
                                  or not 0 < strength <= 1):
         raise ValueError(f"strength must lie in (0, 1], got {strength!r}.")

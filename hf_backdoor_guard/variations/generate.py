@@ -23,7 +23,8 @@ import os
 import time
 from pathlib import Path
 
-from .core import ImageVariation, check_positive_int
+from ..validation import check_int
+from .core import ImageVariation
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +114,10 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
     if not isinstance(ds, Dataset):
         raise ValueError(f"Expected a datasets.Dataset, got {type(ds).__name__}.")
     variation.check_dataset(ds)
-    check_positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size)
     if shard_size is None:
         shard_size = 64 * batch_size
-    check_positive_int("shard_size", shard_size)
+    check_int("shard_size", shard_size)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output_dir {output_dir} exists and is not a folder.")
