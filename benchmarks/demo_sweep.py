@@ -10,6 +10,8 @@ appended to a JSON-lines file as they finish (a killed sweep keeps what it had),
     python benchmarks/demo_sweep.py --summarize sweep.jsonl
 
 Only the defence changes between configurations; the attacks are the foundation's.
+"default" is whatever ``run_demo`` and ``EMBEDDED_VARIATION_DEFAULTS`` say at the time of
+the run (3 variations per image since 2026-11-25; the records of 2 variations are "nv2").
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ CONFIGS: dict[str, dict] = {
     "s0.7": {"variation_options": {"strength": 0.7}},
     "s0.8": {"variation_options": {"strength": 0.8}},
     "nv1": {"variation_options": {"num_variations": 1}},
+    "nv2": {"variation_options": {"num_variations": 2}},
+    "nv3": {"variation_options": {"num_variations": 3}},
     "nv4": {"variation_options": {"num_variations": 4}},
     "color_transfer": {"variation_options": {"color_transfer": True}},
     "deterministic": {"variation_options": {"stochastic": False}},
@@ -54,6 +58,10 @@ def plan(name: str, seeds: list[int]) -> list[tuple[str, str, int]]:
     jobs = []
     if name == "smoke":  # seconds: checks that the sweep machinery works
         jobs += [("smoke", a, s) for s in seeds[:1] for a in ATTACKS]
+    if name == "blended":  # the hard case: strength, alpha, then one seed of each other knob
+        jobs += [(c, "blended", s) for c in ("s0.7", "s0.8") for s in seeds[:3]]
+        jobs += [("alpha0.5", "blended", s) for s in seeds[:3]]
+        jobs += [(c, "blended", seeds[0]) for c in ("nv1", "color_transfer", "deterministic", "own_logits", "T10")]
     if name in ("defaults", "full"):
         jobs += [("default", a, s) for s in seeds for a in ATTACKS]
     if name == "full":
@@ -93,7 +101,12 @@ def run_job(job: tuple[str, str, int]) -> dict:
 def sweep(jobs, workers: int, out: Path, time_budget: float) -> None:
     started = time.time()
     pending = list(jobs)
-    with ProcessPoolExecutor(max_workers=workers) as pool, out.open("a") as sink:
+    import multiprocessing
+
+    # a fresh process per job: nothing (imported modules, torch state) leaks from one run into the next
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool, \
+            out.open("a") as sink:
         running = {}
         while pending or running:
             while pending and len(running) < workers and time.time() - started < time_budget:
@@ -151,8 +164,10 @@ def summarize(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", choices=["smoke", "defaults", "full"], default="defaults")
+    parser.add_argument("--plan", choices=["smoke", "defaults", "blended", "full"], default="defaults")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--jobs", nargs="+", metavar="CONFIG:ATTACK:SEED",
+                        help="Run exactly these jobs instead of a --plan (e.g. s0.7:badnets:0).")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--time-budget", type=float, default=float("inf"),
                         help="Seconds after which no new job starts (running ones finish).")
@@ -162,7 +177,19 @@ def main() -> None:
     if args.summarize:
         print(summarize(args.summarize))
         return
-    jobs = plan(args.plan, args.seeds)
+    if args.jobs:
+        jobs = []
+        for item in args.jobs:
+            config, attack, seed = item.split(":")
+            if config not in CONFIGS or attack not in ATTACKS:
+                parser.error(f"unknown config or attack in {item!r}; configs: {sorted(CONFIGS)}")
+            jobs.append((config, attack, int(seed)))
+    else:
+        jobs = plan(args.plan, args.seeds)
+    if args.out.exists():  # resumable: jobs already recorded in --out are not run again
+        done = {(r["config"], r["attack"], r["seed"]) for r in map(json.loads, args.out.read_text().splitlines())
+                if "models" in r}
+        jobs = [job for job in jobs if job not in done]
     print(f"{len(jobs)} jobs on {args.workers} worker(s)", flush=True)
     sweep(jobs, args.workers, args.out, args.time_budget)
     print(summarize(args.out))

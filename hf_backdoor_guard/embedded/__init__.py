@@ -19,15 +19,17 @@ from pathlib import Path
 EMBEDDED_DIFFUSION_DIR = Path(__file__).resolve().parent / "digits_ddpm"
 
 EMBEDDED_VARIATION_DEFAULTS: dict = {
-    # SDEdit noise level: below 0.5 part of a 3x3 patch survives and the student relearns it.
+    # SDEdit noise level: below 0.5 part of a 3x3 patch survives and the student relearns it;
+    # 0.7 removes more of a Blended trigger but costs clean accuracy (WaNet 0.961, SIG 0.979).
     "strength": 0.6,
     # DDIM steps over the whole schedule; int(steps * strength) of them run.
     "num_inference_steps": 20,
     # Fresh noise at every step (DDIM eta = 1): better trigger removal than deterministic DDIM.
     "stochastic": True,
-    # Matching the source's colour statistics copies a Blended trigger's brightness shift back.
+    # Matching the source's colour statistics copies a Blended trigger back (student ASR 1.0).
     "color_transfer": False,
-    "num_variations": 2,
+    # Blended seed 0 / 4, student ASR: 1 variation 0.188 / -, 2: 0.090 / 0.112, 3: 0.025 / 0.084.
+    "num_variations": 3,
 }
 
 __all__ = ["EMBEDDED_DIFFUSION_DIR", "EMBEDDED_VARIATION_DEFAULTS"]
