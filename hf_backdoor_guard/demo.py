@@ -33,12 +33,13 @@ from PIL import Image, ImageDraw, ImageFont
 logger = logging.getLogger(__name__)
 
 ATTACK_NAMES = ("badnets", "blended", "wanet", "sig")
-MODEL_NAMES = ("teacher", "student", "variations_ce")
+MODEL_NAMES = ("teacher", "student", "student_cleaned", "variations_ce")
 METRIC_NAMES = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
 MARKER = ".backdoor-guard-demo"
-REPORT_FILES = ("metrics.json", "report.md", "samples.png", "metrics.png")
+REPORT_FILES = ("metrics.json", "report.md", "samples.png", "metrics.png", "suspicion.png")
 SUMMARY_FILES = ("summary.json", "report.md", "metrics.png")
 TARGET_LABEL = 0
+DETECTION_SCORE = "combined"  # see BENCHMARKS.md, "detection"
 POISON_RATE = 0.1
 
 
@@ -187,12 +188,42 @@ def _mean_logits_per_source(ds, column: str = "teacher_logits"):
     return ds.remove_columns(column).add_column(column, list(mean), feature=features[column])
 
 
+def _detect(teacher, poisoned, varied, variation_logits, processor, score: str = DETECTION_SCORE):
+    """Flag suspicious victim rows (no ground truth used) and measure the flags against it.
+
+    Returns the dataset with ``suspicion``/``flagged`` columns and the detection metrics,
+    including the AUROC of every score (``variation_logits``, the teacher's logits on the
+    variations, were computed for distillation; only the originals need one more pass).
+    """
+    from .detection import SCORES, detect_poisoned, otsu_threshold, suspicion_scores
+    from .evaluation import predict_logits
+    from .metrics import auroc, detection_metrics
+
+    detected = detect_poisoned(teacher, poisoned, varied, processor, score=score, batch_size=128)
+    truth = np.asarray(poisoned["poisoned"])
+    result = detection_metrics(detected["suspicion"], truth, flagged=detected["flagged"])
+    original = predict_logits(teacher, poisoned, processor, batch_size=128, progress=False)
+    by_score = {}
+    for name in SCORES:
+        values, _ = suspicion_scores(original, variation_logits, varied["source_index"], poisoned["label"], name)
+        by_score[name] = round(auroc(values, truth), 4)
+    return detected, {
+        "score": score,
+        **{key: round(float(value), 4) for key, value in result.items()},
+        "threshold": round(otsu_threshold(np.asarray(detected["suspicion"])), 4),
+        "flagged": int(np.sum(detected["flagged"])),
+        "poisoned": int(truth.sum()),
+        "auroc_by_score": by_score,
+    }
+
+
 def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSettings) -> dict:
     """One attack end to end; writes the report files into ``output_dir`` and returns the metrics."""
     import torch
 
     from . import attacks, evaluation, poisoning
     from .data import load_digits_dataset
+    from .detection import clean_dataset
     from .distillation import DistillationTrainer, precompute_teacher_logits
     from .embedded import EMBEDDED_VARIATION_DEFAULTS
     from .training import train_classifier
@@ -238,6 +269,7 @@ def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSett
 
         logger.info("[%s] 4/5 student distilled from the teacher on %d variations", attack_name, len(varied))
         cached = precompute_teacher_logits(teacher, varied, processor, batch_size=128)
+        variation_logits = np.asarray(cached["teacher_logits"], dtype=np.float64)  # per variation, for detection
         if settings.teacher_logits == "mean":
             cached = _mean_logits_per_source(cached)
         student, _ = build_classifier(num_labels, seed=seed + 1, width=settings.width)
@@ -251,6 +283,20 @@ def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSett
         student = trainer.model
         t = lap("student", t)
 
+        logger.info("[%s] 4/5 detection: teacher on originals vs. variations, then a student on the cleaned data",
+                    attack_name)
+        detected, detection = _detect(teacher, poisoned, varied, variation_logits, processor)
+        cleaned = clean_dataset(cached, "drop", source=detected)
+        student_cleaned, _ = build_classifier(num_labels, seed=seed + 1, width=settings.width)
+        cleaned_trainer = DistillationTrainer(
+            model=student_cleaned, teacher_model=None,
+            args=_training_args(f"{scratch}/student_cleaned", seed, epochs, settings, distill=True),
+            train_dataset=cleaned, processing_class=processor,
+        )
+        cleaned_trainer.train()
+        student_cleaned = cleaned_trainer.model
+        t = lap("detection_and_student_cleaned", t)
+
         logger.info("[%s] 4/5 baseline: plain cross-entropy on the variations", attack_name)
         baseline, _ = build_classifier(num_labels, seed=seed + 1, width=settings.width)
         train_classifier(
@@ -261,7 +307,8 @@ def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSett
 
     logger.info("[%s] 5/5 evaluation on %d clean and %d triggered test images", attack_name, len(test), len(triggered))
     models = {}
-    for name, model in (("teacher", teacher), ("student", student), ("variations_ce", baseline)):
+    for name, model in (("teacher", teacher), ("student", student), ("student_cleaned", student_cleaned),
+                        ("variations_ce", baseline)):
         result = evaluation.evaluate_backdoor(
             model, test, attack, TARGET_LABEL, image_processor=processor, batch_size=128,
             triggered_ds=triggered, progress=False,
@@ -274,6 +321,7 @@ def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSett
         "seed": seed,
         "seconds": round(time.time() - started, 1),
         "models": models,
+        "detection": detection,
         "timings": timings,
         "attack_config": attack.config(),
         "variation": {k: v for k, v in variation.settings().items() if k not in ("scheduler", "algorithm")},
@@ -284,6 +332,8 @@ def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSett
     _write_json(output_dir / "metrics.json", metrics)
     _samples_figure(train, poisoned, varied, variation.num_variations).save(output_dir / "samples.png")
     _bar_chart({attack_name: models}).save(output_dir / "metrics.png")
+    _histogram(detected["suspicion"], poisoned["poisoned"], threshold=detection["threshold"]).save(
+        output_dir / "suspicion.png")
     (output_dir / "report.md").write_text(_single_report(metrics))
     logger.info("[%s] done in %.0f s: %s", attack_name, metrics["seconds"], output_dir)
     return metrics
@@ -371,11 +421,24 @@ _EXPLAIN = """\
 - **teacher**: trained on the poisoned victim data; it learns the task and the backdoor.
 - **student**: trained on diffusion variations of the same data, distilled from the teacher
   (alpha {alpha}, temperature {temperature}, teacher logits: {teacher_logits}).
+- **student_cleaned**: the student again, after dropping the variations of every row that detection
+  flagged as poisoned (no ground truth used).
 - **variations_ce**: trained on the same variations with plain cross-entropy (no teacher).
 
 C-Acc: accuracy on the clean test set. ASR: share of triggered non-target test images
 classified as the target class {target}. R-Acc: share of them classified as their true class.
 """
+
+
+def _detection_text(detection: dict) -> str:
+    scores = ", ".join(f"{name} {value:.3f}" for name, value in detection["auroc_by_score"].items())
+    return (
+        f"Score `{detection['score']}` (teacher on each original vs. its variations): AUROC {detection['auroc']:.3f}. "
+        f"Otsu's threshold {detection['threshold']:.3f} flagged {detection['flagged']} rows; "
+        f"precision {detection['precision']:.3f}, recall {detection['recall']:.3f} "
+        f"against the {detection['poisoned']} truly poisoned rows (ground truth used only to measure).\n\n"
+        f"AUROC of every score: {scores}."
+    )
 
 
 def _single_report(metrics: dict) -> str:
@@ -387,6 +450,11 @@ def _single_report(metrics: dict) -> str:
         metrics_table(metrics["models"]),
         "",
         _EXPLAIN.format(target=TARGET_LABEL, **{k: settings[k] for k in ("alpha", "temperature", "teacher_logits")}),
+        "## Detection",
+        _detection_text(metrics["detection"]),
+        "",
+        "![suspicion scores of clean and poisoned rows](suspicion.png)",
+        "",
         "## Setup",
         f"- data: scikit-learn digits at 16x16; {rows['train']} victim rows ({rows['poisoned']} poisoned), "
         f"{rows['test']} test rows ({rows['triggered_test']} triggered).",
@@ -493,6 +561,45 @@ def _bar_chart(results: dict[str, dict[str, dict[str, float]]]) -> Image.Image:
         draw.rectangle([legend_x, 8, legend_x + 10, 18], fill=_COLOURS[key])
         draw.text((legend_x + 14, 7), _SHORT[key], fill=(0, 0, 0), font=font)
         legend_x += 70
+    return canvas
+
+
+def _histogram(scores, poisoned, bins: int = 20, threshold: float | None = None) -> Image.Image:
+    """Overlaid histograms of suspicion scores for clean (blue) and poisoned (red) rows, share of each group."""
+    scores, poisoned = np.asarray(scores, dtype=np.float64), np.asarray(poisoned, dtype=bool)
+    low, high = float(scores.min()), float(scores.max())
+    high = high if high > low else low + 1.0
+    left, top, bottom, plot_width, plot_height = 44, 30, 34, 400, 180
+    canvas = Image.new("RGB", (left + plot_width + 20, top + plot_height + bottom), (255, 255, 255))
+    draw, font = ImageDraw.Draw(canvas), _font()
+    base = top + plot_height
+    groups = [("clean", ~poisoned, (21, 101, 192)), ("poisoned", poisoned, (198, 40, 40))]
+    shares = []
+    for _, mask, _ in groups:
+        counts, _ = np.histogram(scores[mask], bins=bins, range=(low, high))
+        shares.append(counts / max(int(mask.sum()), 1))
+    peak = max(float(max(share.max() for share in shares)), 1e-9)
+    width = plot_width / bins
+    for (name, mask, colour), share in zip(groups, shares):
+        for b, value in enumerate(share):
+            if value > 0:
+                x0 = left + b * width
+                draw.rectangle([x0 + 1, base - value / peak * plot_height, x0 + width - 1, base], outline=colour,
+                               width=2)
+    if threshold is not None and low <= threshold <= high:
+        x = left + (threshold - low) / (high - low) * plot_width
+        draw.line([(x, top), (x, base)], fill=(0, 0, 0), width=1)
+        draw.text((x + 3, top), "threshold", fill=(0, 0, 0), font=font)
+    draw.line([(left, base), (left + plot_width, base)], fill=(0, 0, 0))
+    draw.text((left, base + 4), f"{low:.2f}", fill=(0, 0, 0), font=font)
+    draw.text((left + plot_width - 30, base + 4), f"{high:.2f}", fill=(0, 0, 0), font=font)
+    draw.text((left + plot_width // 2 - 40, base + 18), "suspicion score", fill=(0, 0, 0), font=font)
+    draw.text((4, top - 4), f"{peak:.2f}", fill=(0, 0, 0), font=font)
+    legend_x = left
+    for name, mask, colour in groups:
+        draw.rectangle([legend_x, 8, legend_x + 10, 18], outline=colour, width=2)
+        draw.text((legend_x + 14, 7), f"{name} ({int(mask.sum())})", fill=(0, 0, 0), font=font)
+        legend_x += 110
     return canvas
 
 

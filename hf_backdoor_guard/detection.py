@@ -15,7 +15,6 @@ import numpy as np
 from datasets import Dataset, Value
 
 from .evaluation import predict_logits, resolve_image_processor
-from .metrics import average_ranks
 from .validation import check_dataset, check_fraction, check_image_column
 
 logger = logging.getLogger(__name__)
@@ -28,11 +27,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
-
-
-def _rank01(values: np.ndarray) -> np.ndarray:
-    """Ranks scaled to [0, 1], so scores of different units can be averaged."""
-    return (average_ranks(values) - 1) / max(len(values) - 1, 1)
 
 
 def suspicion_scores(
@@ -51,7 +45,8 @@ def suspicion_scores(
     - ``disagreement``: 1 - p_variations[label], the doubt the variations cast on the label;
     - ``label_drop``: p_original[label] - p_variations[label], how much trust in the label
       the variation removes;
-    - ``combined``: the mean of the rank-normalised ``kl`` and ``disagreement``.
+    - ``combined``: the mean of ``disagreement`` and ``1 - exp(-kl)``, both in [0, 1]; it stays
+      two-humped (clean near 0, poisoned near 1), so a threshold can split it.
     """
     if score not in SCORES:
         raise ValueError(f"Unknown score '{score}'; choose one of {SCORES}.")
@@ -84,7 +79,7 @@ def suspicion_scores(
         "kl": lambda: kl,
         "disagreement": lambda: 1.0 - label_in_variations,
         "label_drop": lambda: p_original[np.arange(rows), labels] - label_in_variations,
-        "combined": lambda: (_rank01(kl) + _rank01(1.0 - label_in_variations)) / 2,
+        "combined": lambda: ((1.0 - label_in_variations) + (1.0 - np.exp(-kl))) / 2,
     }[score]()
     return values, p_variations.argmax(axis=1)
 

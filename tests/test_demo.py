@@ -15,7 +15,7 @@ QUICK = dict(train_rows=120, test_rows=60, teacher_epochs=3, student_epochs=3,
 
 
 def _check_metrics(models):
-    assert set(models) == {"teacher", "student", "variations_ce"}
+    assert set(models) == {"teacher", "student", "student_cleaned", "variations_ce"}
     for values in models.values():
         assert set(values) == {"clean_accuracy", "attack_success_rate", "robust_accuracy"}
         assert all(0.0 <= v <= 1.0 for v in values.values())
@@ -41,6 +41,14 @@ def test_short_demo_writes_every_report_file(tmp_path):
     assert samples.mode == "RGB" and samples.width > 8 * 64 and samples.height >= 3 * 64  # clean/poisoned/variation
     chart = np.asarray(Image.open(out / "metrics.png").convert("RGB"))
     assert chart.shape[0] > 100 and (chart != 255).any()
+    # detection against the ground truth, with every score's AUROC, and the histogram of scores
+    detection = metrics["detection"]
+    assert set(detection) >= {"auroc", "precision", "recall", "auroc_by_score", "threshold", "flagged"}
+    assert 0.0 <= detection["auroc"] <= 1.0 and detection["poisoned"] == 11
+    assert detection["auroc_by_score"]["combined"] == detection["auroc"]
+    assert "| student_cleaned |" in report and "suspicion.png" in report and "AUROC" in report
+    histogram = np.asarray(Image.open(out / "suspicion.png").convert("RGB"))
+    assert (histogram == (198, 40, 40)).all(axis=-1).any() and (histogram == (21, 101, 192)).all(axis=-1).any()
 
 
 def test_rerun_in_its_own_folder_and_user_files_are_protected(tmp_path):
