@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--attack", default="badnets", choices=["badnets", "blended", "wanet", "sig", "all"])
     demo.add_argument("--output-dir", default="backdoor-guard-demo", help="Where the report is written.")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--push-to-hub", metavar="REPO", default=None,
+                      help="Publish the distilled student to this Hub repo with a model card (one attack only).")
 
     publish = commands.add_parser(
         "publish",

@@ -217,7 +217,8 @@ def _detect(teacher, poisoned, varied, variation_logits, processor, score: str =
     }
 
 
-def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSettings) -> dict:
+def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSettings,
+               push_to_hub: str | None = None) -> dict:
     """One attack end to end; writes the report files into ``output_dir`` and returns the metrics."""
     import torch
 
@@ -335,8 +336,29 @@ def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSett
     _histogram(detected["suspicion"], poisoned["poisoned"], threshold=detection["threshold"]).save(
         output_dir / "suspicion.png")
     (output_dir / "report.md").write_text(_single_report(metrics))
+    if push_to_hub:  # after the report, so a failed upload leaves a complete run behind
+        metrics["hub"] = _publish_student(student, processor, push_to_hub, output_dir, metrics)
+        _write_json(output_dir / "metrics.json", metrics)
     logger.info("[%s] done in %.0f s: %s", attack_name, metrics["seconds"], output_dir)
     return metrics
+
+
+def _publish_student(student, processor, repo_id: str, output_dir: Path, metrics: dict) -> dict:
+    """Stage the distilled student with its card in ``output_dir/hub`` and upload it."""
+    from .hub import publish_model
+
+    attack, settings = metrics["attack"], metrics["settings"]
+    staged = publish_model(
+        student, repo_id, {attack: metrics["models"]["student"]}, image_processor=processor,
+        output_dir=output_dir / "hub", teacher_metrics={attack: metrics["models"]["teacher"]},
+        base_dataset="scikit-learn digits, 16x16 (backdoor-guard demo victim split)",
+        teacher="small ResNet trained on the poisoned victim split",
+        diffusion_model="hf_backdoor_guard embedded digits DDPM (SDEdit)",
+        diffusion_settings=metrics["variation"],
+        distillation_settings={key: settings[key] for key in ("alpha", "temperature", "teacher_logits")},
+        seed=metrics["seed"], license="apache-2.0", target_label=TARGET_LABEL, poison_rate=POISON_RATE,
+    )
+    return {"repo_id": repo_id, "staged": str(staged)}
 
 
 def run_demo(
@@ -349,6 +371,7 @@ def run_demo(
     teacher_epochs: float | None = None,
     student_epochs: float | None = None,
     variation_options: dict | None = None,
+    push_to_hub: str | None = None,
     **settings: Any,
 ) -> dict:
     """Run the demo for one attack (or ``"all"``) and write the report to ``output_dir``.
@@ -361,6 +384,8 @@ def run_demo(
         teacher_epochs, student_epochs: training length.
         variation_options: ``ImageVariation.embedded`` options overriding the defaults
             (e.g. ``{"num_inference_steps": 4}`` for a quick run).
+        push_to_hub: a Hub repo id: publish the distilled student there, with a model card
+            (one attack only; the staged files stay in ``output_dir/hub``).
         settings: other :class:`DemoSettings` fields (alpha, temperature, teacher_logits, ...).
 
     Returns the metrics dict written to ``metrics.json`` (for ``all``: the summary,
@@ -376,11 +401,17 @@ def run_demo(
         raise ValueError(f"Unknown demo option(s) {unknown}; known: {sorted(DemoSettings.__dataclass_fields__)}.")
     demo_settings = DemoSettings(**overrides)
     _check_args(attack, seed, demo_settings)
+    if push_to_hub is not None:
+        from .hub import _check_repo_id
+
+        _check_repo_id(push_to_hub)
+        if attack == "all":
+            raise ValueError("push_to_hub publishes one student: choose one attack, not 'all'.")
     output_dir = Path(output_dir)
 
     if attack != "all":
         _prepare_output_dir(output_dir, REPORT_FILES)
-        return run_single(attack, output_dir, seed, demo_settings)
+        return run_single(attack, output_dir, seed, demo_settings, push_to_hub)
 
     _prepare_output_dir(output_dir, SUMMARY_FILES + ATTACK_NAMES)
     for name in ATTACK_NAMES:  # check every subfolder before any work starts
@@ -606,11 +637,17 @@ def _histogram(scores, poisoned, bins: int = 20, threshold: float | None = None)
 # --- command line ------------------------------------------------------------------------
 def run_demo_cli(args) -> int:
     """Entry point of ``backdoor-guard demo`` (``args.attack``, ``args.output_dir``, ``args.seed``)."""
+    from .hub import PublishError
+
     try:
-        result = run_demo(attack=args.attack, output_dir=args.output_dir, seed=args.seed)
+        result = run_demo(attack=args.attack, output_dir=args.output_dir, seed=args.seed,
+                          push_to_hub=getattr(args, "push_to_hub", None))
     except ValueError as error:
         logger.error("%s", error)
         return 2
+    except PublishError as error:  # the run finished; only the upload failed, and its files are kept
+        logger.error("%s", error)
+        return 1
     per_attack = result["attacks"] if args.attack == "all" else {args.attack: result}
     for name, metrics in per_attack.items():
         print(f"\n{name} (seed {metrics['seed']}, {metrics['seconds']:.0f} s)")

@@ -97,3 +97,41 @@ def test_bad_options_raise_before_work(tmp_path, kwargs, word):
 def test_cli_demo_options():
     args = build_parser().parse_args(["demo", "--attack", "all", "--output-dir", "d", "--seed", "4"])
     assert (args.attack, args.output_dir, args.seed) == ("all", "d", 4)
+
+
+def test_push_to_hub_publishes_the_student_with_its_card(tmp_path, monkeypatch):
+    """The upload itself cannot happen offline: a recording stand-in for HfApi takes its place."""
+    from hf_backdoor_guard import hub
+
+    calls = []
+
+    class RecordingHfApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs.get("repo_type")))
+
+        def upload_folder(self, *, repo_id, folder_path, repo_type=None, **kwargs):
+            calls.append(("upload_folder", repo_id, folder_path, repo_type))
+
+    monkeypatch.setattr(hub, "HfApi", RecordingHfApi)
+    out = tmp_path / "demo"
+    metrics = run_demo("badnets", out, seed=0, push_to_hub="me/digits-robust", **QUICK)
+    staged = out / "hub"
+    assert metrics["hub"] == {"repo_id": "me/digits-robust", "staged": str(staged)}
+    assert calls == [("create_repo", "me/digits-robust", "model"),
+                     ("upload_folder", "me/digits-robust", str(staged), "model")]
+    assert (staged / "model.safetensors").is_file() and (staged / "preprocessor_config.json").is_file()
+    card_metrics = hub.card_metrics(hub.ModelCard.load(staged / "README.md"))
+    assert card_metrics["badnets"] == pytest.approx(metrics["models"]["student"])
+    assert json.loads((out / "metrics.json").read_text())["hub"]["repo_id"] == "me/digits-robust"
+
+
+def test_push_to_hub_options_are_checked_before_work(tmp_path):
+    with pytest.raises(ValueError, match="not a valid Hub repository id"):
+        run_demo("badnets", tmp_path / "a", push_to_hub="not a repo!", **QUICK)
+    with pytest.raises(ValueError, match="choose one attack"):
+        run_demo("all", tmp_path / "b", push_to_hub="me/x", **QUICK)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert build_parser().parse_args(["demo", "--push-to-hub", "me/x"]).push_to_hub == "me/x"
