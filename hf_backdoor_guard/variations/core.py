@@ -310,7 +310,11 @@ class ImageVariation:
         """Move the pipeline(s) in place; the fingerprint follows the new dtype."""
         dtype = _resolve_dtype(dtype)
         for pipe in self.adapter.pipelines:
-            pipe.to(device=device, dtype=dtype)
+            models = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+            # Casting models that already have the dtype only earns diffusers' "cast with to()" warning
+            # (from_pretrained(dtype=...) loads them that way).
+            same = dtype is None or all(m.dtype == dtype for m in models)
+            pipe.to(device=device, dtype=None if same else dtype)
         if dtype is not None:
             self.dtype = dtype
         self._fingerprint = None
