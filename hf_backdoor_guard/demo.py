@@ -273,29 +273,26 @@ def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSett
         variation_logits = np.asarray(cached["teacher_logits"], dtype=np.float64)  # per variation, for detection
         if settings.teacher_logits == "mean":
             cached = _mean_logits_per_source(cached)
-        student, _ = build_classifier(num_labels, seed=seed + 1, width=settings.width)
         epochs = settings.student_epochs / variation.num_variations  # same number of steps per source image
-        trainer = DistillationTrainer(
-            model=student, teacher_model=None,
-            args=_training_args(f"{scratch}/student", seed, epochs, settings, distill=True),
-            train_dataset=cached, processing_class=processor,
-        )
-        trainer.train()
-        student = trainer.model
+
+        def distil(name: str, train_dataset):
+            """A fresh student distilled from the cached teacher logits of ``train_dataset``."""
+            model, _ = build_classifier(num_labels, seed=seed + 1, width=settings.width)
+            trainer = DistillationTrainer(
+                model=model, teacher_model=None,
+                args=_training_args(f"{scratch}/{name}", seed, epochs, settings, distill=True),
+                train_dataset=train_dataset, processing_class=processor,
+            )
+            trainer.train()
+            return trainer.model
+
+        student = distil("student", cached)
         t = lap("student", t)
 
         logger.info("[%s] 4/5 detection: teacher on originals vs. variations, then a student on the cleaned data",
                     attack_name)
         detected, detection = _detect(teacher, poisoned, varied, variation_logits, processor)
-        cleaned = clean_dataset(cached, "drop", source=detected)
-        student_cleaned, _ = build_classifier(num_labels, seed=seed + 1, width=settings.width)
-        cleaned_trainer = DistillationTrainer(
-            model=student_cleaned, teacher_model=None,
-            args=_training_args(f"{scratch}/student_cleaned", seed, epochs, settings, distill=True),
-            train_dataset=cleaned, processing_class=processor,
-        )
-        cleaned_trainer.train()
-        student_cleaned = cleaned_trainer.model
+        student_cleaned = distil("student_cleaned", clean_dataset(cached, "drop", source=detected))
         t = lap("detection_and_student_cleaned", t)
 
         logger.info("[%s] 4/5 baseline: plain cross-entropy on the variations", attack_name)
