@@ -95,7 +95,7 @@ def run_job(job: tuple[str, str, int]) -> dict:
         with contextlib.redirect_stderr(io.StringIO()):  # the trainers' progress bars
             result = run_demo(attack, Path(out) / "demo", seed=seed, **overrides)
     return {"config": config, "attack": attack, "seed": seed, "seconds": result["seconds"],
-            "timings": result["timings"], "models": result["models"]}
+            "timings": result["timings"], "models": result["models"], "detection": result.get("detection")}
 
 
 def sweep(jobs, workers: int, out: Path, time_budget: float) -> None:
@@ -158,6 +158,28 @@ def summarize(path: Path) -> str:
             f"| {mean('variations_ce', 'clean_accuracy'):.3f} / {mean('variations_ce', 'attack_success_rate'):.3f} "
             f"| {worst_asr:.3f}, {worst_gap:+.3f} "
             f"| {sum(r['seconds'] for r in runs) / len(runs):.0f} |"
+        )
+    detection = [r for r in records if r.get("detection")]
+    if detection:
+        lines += ["", detection_table(detection)]
+    return "\n".join(lines)
+
+
+def detection_table(records: list[dict]) -> str:
+    """Markdown: per attack and seed, detection AUROC of every score, precision/recall at Otsu's
+    threshold, and the cleaned student beside the plain one."""
+    scores = list(records[0]["detection"]["auroc_by_score"])
+    lines = ["| attack | seed | " + " | ".join(f"AUROC {s}" for s in scores)
+             + " | flagged / poisoned | precision | recall | student ASR | student_cleaned C-Acc / ASR |",
+             "|---|---|" + "---|" * len(scores) + "---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (ATTACKS.index(r["attack"]), r["seed"])):
+        d, models = r["detection"], r["models"]
+        cleaned = models.get("student_cleaned", {})
+        lines.append(
+            f"| {r['attack']} | {r['seed']} | " + " | ".join(f"{d['auroc_by_score'][s]:.3f}" for s in scores)
+            + f" | {d['flagged']} / {d['poisoned']} | {d['precision']:.3f} | {d['recall']:.3f} "
+            f"| {models['student']['attack_success_rate']:.3f} "
+            f"| {cleaned.get('clean_accuracy', float('nan')):.3f} / {cleaned.get('attack_success_rate', float('nan')):.3f} |"
         )
     return "\n".join(lines)
 
