@@ -34,8 +34,7 @@ def test_wheel_ships_metric_modules_and_card_templates(wheel_names):
 def test_wheel_ships_the_embedded_default(wheel_names):
     shipped = ROOT / "hf_backdoor_guard" / "embedded"
     files = [p for p in shipped.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")]
-    if not files:
-        pytest.skip("no embedded model in this checkout yet")
+    assert any(p.suffix == ".safetensors" for p in files) and any(p.name == "model_index.json" for p in files)
     for path in files:
         assert path.relative_to(ROOT).as_posix() in wheel_names
 
