@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
+from .loading import load_image_classifier
 from .training import CheckpointReloadMixin, RawImageDatasetMixin, bind_backdoor_callbacks
 
 from .transforms import (
@@ -141,24 +142,6 @@ class DistillationTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-def _load_classifier(name_or_path: str, what: str):
-    from transformers import AutoModelForImageClassification
-
-    logger.info("Loading %s from %s", what, name_or_path)
-    return AutoModelForImageClassification.from_pretrained(
-        name_or_path, use_safetensors=True, trust_remote_code=False
-    )
-
-
-def _load_processor(name_or_path: str):
-    from transformers import AutoImageProcessor
-
-    try:
-        return AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=False)
-    except (OSError, ValueError):
-        return None
-
-
 def _has_cache(dataset: Any) -> bool:
     return dataset is not None and TEACHER_LOGITS in (getattr(dataset, "column_names", None) or [])
 
@@ -217,13 +200,11 @@ class DistillationTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
         if model is None:
             raise ValueError("model (the student) is required.")
         if isinstance(model, str):
-            if processing_class is None:
-                processing_class = _load_processor(model)
-            model = _load_classifier(model, "student")
+            model, saved_processor = load_image_classifier(model, "student")
+            processing_class = processing_class or saved_processor
         if isinstance(teacher_model, str):
-            if teacher_processing_class is None:
-                teacher_processing_class = _load_processor(teacher_model)
-            teacher_model = _load_classifier(teacher_model, "teacher")
+            teacher_model, saved_processor = load_image_classifier(teacher_model, "teacher")
+            teacher_processing_class = teacher_processing_class or saved_processor
 
         needs_teacher = args.alpha > 0
         if needs_teacher and teacher_model is None:
@@ -409,9 +390,8 @@ def precompute_teacher_logits(
         raise ValueError(f"Column '{column}' already exists in the dataset; pass column=... or remove it first.")
     check_int("batch_size", batch_size)
     if isinstance(teacher, str):
-        if image_processor is None:
-            image_processor = _load_processor(teacher)
-        teacher = _load_classifier(teacher, "teacher")
+        teacher, saved_processor = load_image_classifier(teacher, "teacher")
+        image_processor = image_processor or saved_processor
     if image_processor is None:
         raise ValueError("image_processor is required: pass the teacher's image processor.")
     if device is not None:

@@ -29,6 +29,8 @@ from typing import Any, Mapping, NamedTuple
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
+from .loading import load_image_classifier
+
 logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
@@ -478,8 +480,6 @@ def load_robust_model(
         FileNotFoundError: the repo or revision does not exist (or is not accessible).
         ValueError: only pickle weights, no card, or a card without backdoor metrics.
     """
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
     folder, files = _resolve_model_files(repo_id, revision, token, cache_dir)
     _check_model_files(repo_id, files)
     card = ModelCard.load(folder / "README.md")
@@ -489,11 +489,8 @@ def load_robust_model(
             f"The model card of '{repo_id}' has no model-index metrics of type {METRIC_KEYS}; it was not published "
             "by hf-backdoor-guard (or its metadata was edited), so there is nothing to say how robust it is."
         )
-    model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
-    image_processor = None
-    if (folder / "preprocessor_config.json").is_file():
-        image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=False)
-    else:
+    model, image_processor = load_image_classifier(folder, repo_id)
+    if image_processor is None:
         logger.warning("'%s' has no preprocessor_config.json; image_processor is None.", repo_id)
     return RobustModel(model, image_processor, metrics)
 
@@ -732,12 +729,7 @@ def publish_path(
         metrics = _check_metrics(metrics)
         files = sorted(p.name for p in path.iterdir() if p.is_file())
         _check_model_files(str(path), files + ["README.md"])  # the card is written by us
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-        model = AutoModelForImageClassification.from_pretrained(path, use_safetensors=True, trust_remote_code=False)
-        image_processor = None
-        if (path / "preprocessor_config.json").is_file():
-            image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=False)
+        model, image_processor = load_image_classifier(path, str(path))
         return publish_model(model, repo_id, metrics, image_processor, teacher_metrics=teacher_metrics, **kwargs)
 
     if metrics is not None or teacher_metrics is not None:

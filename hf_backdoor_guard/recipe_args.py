@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from .loading import load_image_classifier
 from .validation import check_int
 
 logger = logging.getLogger(__name__)
@@ -899,19 +900,19 @@ def _resnet_processor(image_size: int, mean: list[float], std: list[float]):
 def build_classifier(model_args: ModelArguments, names: list[str], seed: int = 42):
     """``(model, image_processor)``: a pretrained classifier with a head for ``names``, or a new ResNet."""
     import torch
-    from transformers import AutoImageProcessor, AutoModelForImageClassification, ResNetConfig, \
-        ResNetForImageClassification
+    from transformers import ResNetConfig, ResNetForImageClassification
 
     id2label = dict(enumerate(names))
     label2id = {name: i for i, name in id2label.items()}
     if model_args.model_name_or_path:
         source = model_args.model_name_or_path
         logger.info("Fine-tuning %s for %d classes", source, len(names))
-        model = AutoModelForImageClassification.from_pretrained(
-            source, num_labels=len(names), id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True,
-            use_safetensors=True, trust_remote_code=False,
+        model, processor = load_image_classifier(
+            source, "the classifier to fine-tune", num_labels=len(names), id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=True,
         )
-        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=False)
+        if processor is None:
+            raise ValueError(f"model_name_or_path '{source}' has no image processor.")
         return model, processor
     layer_type, depths, hidden_sizes = ARCHITECTURES[model_args.architecture]
     config = ResNetConfig(
@@ -929,18 +930,12 @@ def build_classifier(model_args: ModelArguments, names: list[str], seed: int = 4
 
 def load_classifier(name_or_path: str, what: str = "model"):
     """``(model, image_processor)`` of a saved classifier (safetensors only, no remote code)."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
-
     local = Path(name_or_path).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise ValueError(f"{what} '{name_or_path}' is a folder without config.json: not a saved classifier.")
-    model = AutoModelForImageClassification.from_pretrained(
-        name_or_path, use_safetensors=True, trust_remote_code=False
-    )
-    try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=False)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{what} '{name_or_path}' has no image processor ({error}).") from error
+    model, processor = load_image_classifier(name_or_path, what)
+    if processor is None:
+        raise ValueError(f"{what} '{name_or_path}' has no image processor.")
     return model, processor
 
 
