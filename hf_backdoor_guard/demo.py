@@ -192,17 +192,17 @@ def _detect(teacher, poisoned, varied, variation_logits, processor, score: str =
     """Flag suspicious victim rows (no ground truth used) and measure the flags against it.
 
     Returns the dataset with ``suspicion``/``flagged`` columns and the detection metrics,
-    including the AUROC of every score (``variation_logits``, the teacher's logits on the
-    variations, were computed for distillation; only the originals need one more pass).
+    including the AUROC of every score. ``variation_logits``, the teacher's logits on the
+    variations, were computed for distillation, so only the originals take one more pass.
     """
     from .detection import SCORES, detect_poisoned, otsu_threshold, suspicion_scores
     from .evaluation import predict_logits
     from .metrics import auroc, detection_metrics
 
-    detected = detect_poisoned(teacher, poisoned, varied, processor, score=score, batch_size=128)
+    original = predict_logits(teacher, poisoned, processor, batch_size=128, progress=False)
+    detected = detect_poisoned(teacher, poisoned, varied, score=score, logits=(original, variation_logits))
     truth = np.asarray(poisoned["poisoned"])
     result = detection_metrics(detected["suspicion"], truth, flagged=detected["flagged"])
-    original = predict_logits(teacher, poisoned, processor, batch_size=128, progress=False)
     by_score = {}
     for name in SCORES:
         values, _ = suspicion_scores(original, variation_logits, varied["source_index"], poisoned["label"], name)

@@ -129,6 +129,7 @@ def detect_poisoned(
     image_column: str = "image",
     label_column: str = "label",
     variation_image_column: str = "image",
+    logits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Dataset:
     """Score every row of ``ds`` for poisoning; return a copy with ``suspicion``, ``flagged``
     and ``variation_prediction`` columns.
@@ -138,6 +139,8 @@ def detect_poisoned(
     scores originals; ``variation_model`` (e.g. the distilled student; default the
     teacher) scores the variations. Rows are flagged at ``threshold``, at a ``budget``
     (share of rows), or by Otsu's split of the scores when neither is given.
+    ``logits=(original_logits, variation_logits)`` reuses outputs computed already (e.g. a
+    ``teacher_logits`` cache); no model is run then.
     """
     num_classes = check_dataset(ds, image_column, label_column)
     check_image_column(variations, variation_image_column)
@@ -155,14 +158,16 @@ def detect_poisoned(
     clashes = [c for c in DETECTION_COLUMNS if c in ds.column_names]
     if clashes:
         raise ValueError(f"ds already has column(s) {clashes}; remove them first.")
-    processor = resolve_image_processor(teacher, image_processor)
-    variation_model = variation_model or teacher
-    variation_processor = variation_image_processor or (processor if variation_model is teacher else None)
-    variation_processor = resolve_image_processor(variation_model, variation_processor)
-
-    original_logits = predict_logits(teacher, ds, processor, batch_size, image_column)
-    variation_logits = predict_logits(variation_model, variations, variation_processor, batch_size,
-                                      variation_image_column)
+    if logits is None:
+        processor = resolve_image_processor(teacher, image_processor)
+        variation_model = variation_model or teacher
+        variation_processor = variation_image_processor or (processor if variation_model is teacher else None)
+        variation_processor = resolve_image_processor(variation_model, variation_processor)
+        original_logits = predict_logits(teacher, ds, processor, batch_size, image_column)
+        variation_logits = predict_logits(variation_model, variations, variation_processor, batch_size,
+                                          variation_image_column)
+    else:
+        original_logits, variation_logits = logits
     scores, predicted = suspicion_scores(original_logits, variation_logits, source_index, ds[label_column], score)
     flagged = flag(scores, threshold, budget)
     logger.info("Flagged %d of %d rows as suspicious (score %s).", int(flagged.sum()), len(ds), score)

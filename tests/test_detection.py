@@ -140,3 +140,13 @@ def test_detect_poisoned_bad_input(setup):
         hbg.detect_poisoned(teacher, ds, variations.select(range(10)), processor)
     with pytest.raises(ValueError, match="Unknown score"):
         hbg.detect_poisoned(teacher, ds, variations, processor, score="vibes")
+
+
+def test_precomputed_logits_give_the_same_result_without_running_a_model(setup):
+    ds, variations, teacher, processor = setup
+    online = hbg.detect_poisoned(teacher, ds, variations, processor, budget=0.25)
+    logits = (hbg.predict_logits(teacher, ds, processor), hbg.predict_logits(teacher, variations, processor))
+    cached = hbg.detect_poisoned(None, ds, variations, budget=0.25, logits=logits)
+    assert cached["suspicion"] == pytest.approx(online["suspicion"], rel=1e-5)
+    assert cached["flagged"] == online["flagged"]
+    assert cached["variation_prediction"] == online["variation_prediction"]
