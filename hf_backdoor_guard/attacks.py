@@ -16,7 +16,11 @@ import numpy as np
 from PIL import Image
 
 from .images import to_rgb
+from .registry import Registry
 from .validation import check_int
+
+#: every attack, by its short name; the CLI, the demo, the recipes and the docs read it
+ATTACKS = Registry("attack")
 
 _HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -65,6 +69,7 @@ class Attack:
         return {}
 
 
+@ATTACKS.register
 class BadNets(Attack):
     """A solid or checkerboard square patch (Gu et al., 2017).
 
@@ -136,6 +141,7 @@ class BadNets(Attack):
         return {"trigger": self.trigger, "size": self.size, "location": self.location, "seed": self.seed}
 
 
+@ATTACKS.register
 class Blended(Attack):
     """Blend a full-image trigger in: ``out = (1 - ratio) * image + ratio * trigger`` (Chen et al., 2017).
 
@@ -172,6 +178,7 @@ class Blended(Attack):
         return {"trigger": trigger, "ratio": self.ratio, "seed": self.seed}
 
 
+@ATTACKS.register
 class WaNet(Attack):
     """Warping trigger (Nguyen & Tran, ICLR 2021).
 
@@ -223,6 +230,7 @@ class WaNet(Attack):
         return {"k": self.k, "strength": self.strength, "seed": self.seed}
 
 
+@ATTACKS.register
 class SIG(Attack):
     """Sinusoidal signal (Barni et al., 2019): ``x + delta * sin(2 pi j f / width)`` on every row.
 
@@ -248,11 +256,6 @@ class SIG(Attack):
         return {"delta": self.delta, "frequency": self.frequency}
 
 
-ATTACKS = {cls.name: cls for cls in (BadNets, Blended, WaNet, SIG)}
-
-
 def attack_from_name(name: str, **options) -> Attack:
-    """Build an attack from its short name (``badnets``, ``blended``, ``wanet``, ``sig``)."""
-    if name not in ATTACKS:
-        raise ValueError(f"Unknown attack '{name}'; choose one of {sorted(ATTACKS)}.")
+    """Build a registered attack from its short name (``ATTACKS.names()``) and its options."""
     return ATTACKS[name](**options)

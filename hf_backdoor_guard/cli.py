@@ -8,6 +8,8 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .attacks import ATTACKS  # numpy + PIL only: the registry is cheap to read
+
     parser = argparse.ArgumentParser(
         prog="backdoor-guard",
         description="Robust training on possibly poisoned image data with diffusion variations + distillation.",
@@ -20,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Poison the embedded digits data, train a teacher, generate variations with the "
         "embedded diffusion model, distil a student and report C-Acc / ASR / R-Acc.",
     )
-    demo.add_argument("--attack", default="badnets", choices=["badnets", "blended", "wanet", "sig", "all"])
+    demo.add_argument("--attack", default="badnets", choices=[*ATTACKS.names(), "all"],
+                      help="A registered attack, or 'all' to run every one.")
     demo.add_argument("--output-dir", default="backdoor-guard-demo", help="Where the report is written.")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--push-to-hub", metavar="REPO", default=None,

@@ -32,7 +32,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 logger = logging.getLogger(__name__)
 
-ATTACK_NAMES = ("badnets", "blended", "wanet", "sig")
 MODEL_NAMES = ("teacher", "student", "student_cleaned", "variations_ce")
 METRIC_NAMES = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
 MARKER = ".backdoor-guard-demo"
@@ -63,6 +62,13 @@ class DemoSettings:
     variation_options: dict = field(default_factory=dict)  # overrides EMBEDDED_VARIATION_DEFAULTS
     variation_batch_size: int = 64
     width: int = 32  # classifier width (ResNet hidden sizes width, 2*width)
+
+
+def attack_names() -> tuple[str, ...]:
+    """Every registered attack, in registration order (what ``--attack all`` runs)."""
+    from .attacks import ATTACKS
+
+    return tuple(ATTACKS.names())
 
 
 # --- the classifier ----------------------------------------------------------------------
@@ -114,8 +120,8 @@ def _prepare_output_dir(output_dir: Path, names: tuple[str, ...]) -> None:
 
 
 def _check_args(attack: str, seed: int, settings: DemoSettings) -> None:
-    if attack not in ATTACK_NAMES + ("all",):
-        raise ValueError(f"attack must be one of {list(ATTACK_NAMES) + ['all']}, got {attack!r}.")
+    if attack not in attack_names() + ("all",):
+        raise ValueError(f"attack must be one of {list(attack_names()) + ['all']}, got {attack!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}.")
     for name in ("train_rows", "test_rows"):
@@ -410,13 +416,14 @@ def run_demo(
         _prepare_output_dir(output_dir, REPORT_FILES)
         return run_single(attack, output_dir, seed, demo_settings, push_to_hub)
 
-    _prepare_output_dir(output_dir, SUMMARY_FILES + ATTACK_NAMES)
-    for name in ATTACK_NAMES:  # check every subfolder before any work starts
+    names = attack_names()
+    _prepare_output_dir(output_dir, SUMMARY_FILES + names)
+    for name in names:  # check every subfolder before any work starts
         _prepare_output_dir(output_dir / name, REPORT_FILES)
     started = time.time()
     results = {}
-    for number, name in enumerate(ATTACK_NAMES, 1):
-        logger.info("=== attack %d/%d: %s ===", number, len(ATTACK_NAMES), name)
+    for number, name in enumerate(names, 1):
+        logger.info("=== attack %d/%d: %s ===", number, len(names), name)
         results[name] = run_single(name, output_dir / name, seed, demo_settings)
     summary = {"seed": seed, "seconds": round(time.time() - started, 1), "attacks": results}
     _write_json(output_dir / "summary.json", summary)

@@ -7,11 +7,16 @@ inside ``Dataset.map``.
 
 from __future__ import annotations
 
-from datasets import ClassLabel, Dataset, Image, Value
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # datasets is imported where it is used: attack and option checks stay light
+    from datasets import Dataset
 
 
 def check_image_column(ds: Dataset, image_column: str = "image") -> None:
     """The dataset is non-empty and has ``image_column``."""
+    from datasets import Dataset, Image
+
     if not isinstance(ds, Dataset):
         raise ValueError(f"Expected a datasets.Dataset, got {type(ds).__name__}.")
     if image_column not in ds.column_names:
@@ -35,6 +40,8 @@ def check_label_column(ds: Dataset, label_column: str = "label") -> int | None:
     A ``ClassLabel`` gives the number of classes; plain integer columns give
     ``max + 1`` as a lower bound that callers may use for range checks.
     """
+    from datasets import ClassLabel, Value
+
     if label_column not in ds.column_names:
         raise ValueError(
             f"Label column '{label_column}' not found; the dataset has columns {ds.column_names}. "
@@ -69,16 +76,55 @@ def check_target_label(target_label: int, num_classes: int | None, label_column:
         )
 
 
-def check_int(name: str, value, minimum: int = 1) -> None:
-    """``value`` is an int >= ``minimum`` (bools, floats and strings rejected)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+def check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` is an int in [``minimum``, ``maximum``] (bools, floats and strings rejected); returns it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an int {bounds}, got {value!r}.")
+    return value
 
 
-def check_fraction(name: str, value: float, low_inclusive: bool = True) -> None:
-    """``value`` lies in [0, 1] (or (0, 1] with ``low_inclusive=False``)."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    low_ok = number and (value >= 0 if low_inclusive else value > 0)
-    if not (low_ok and value <= 1):
-        bounds = "[0, 1]" if low_inclusive else "(0, 1]"
-        raise ValueError(f"{name} must lie in {bounds}, got {value!r}.")
+def check_seed(name: str, value) -> int:
+    """A seed: an int in [0, 2**63) (numpy and torch generators take no negative seeds)."""
+    return check_int(name, value, minimum=0, maximum=2**63 - 1)
+
+
+def check_number(name: str, value, low: float | None = None, high: float | None = None, *,
+                 low_inclusive: bool = True, high_inclusive: bool = True) -> float:
+    """``value`` is a finite real number (not a bool) within the bounds; returns it as a float.
+
+    NaN and infinity are always refused: a NaN option trains silently to NaN weights or
+    compares False with every bound, so it must never get past the constructor.
+    """
+    import math
+    import numbers
+
+    if low is None and high is None:
+        interval = None
+    else:
+        left = "-inf" if low is None else f"{low:g}"
+        right = "inf" if high is None else f"{high:g}"
+        opening = "[" if low is not None and low_inclusive else "("
+        closing = "]" if high is not None and high_inclusive else ")"
+        interval = f"{opening}{left}, {right}{closing}"
+    wanted = f"must lie in {interval} (a finite number)" if interval else "must be a finite number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} {wanted}, got {value!r}.")
+    number = float(value)
+    too_low = low is not None and (number < low if low_inclusive else number <= low)
+    too_high = high is not None and (number > high if high_inclusive else number >= high)
+    if too_low or too_high:
+        raise ValueError(f"{name} {wanted}, got {value!r}.")
+    return number
+
+
+def check_fraction(name: str, value: float, low_inclusive: bool = True) -> float:
+    """``value`` lies in [0, 1] (or (0, 1] with ``low_inclusive=False``); returns it as a float."""
+    return check_number(name, value, 0.0, 1.0, low_inclusive=low_inclusive)
+
+
+def check_choice(name: str, value, choices) -> None:
+    """``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
