@@ -1,0 +1,179 @@
+"""Output folders: claimed before work, locked while in use, and only our own files ever removed.
+
+Every command that writes a folder (demo, defend, compare, generation, Hub staging)
+goes through :func:`claim_output_dir`. A folder is usable when it is new, empty, or
+carries our marker file written by the same kind of job. The marker lists every
+file or sub-folder the job wrote (:func:`record_outputs`), and
+:func:`remove_outputs` deletes only names from that list, so a file a user put
+into the folder is never deleted, whatever the job does later.
+
+:func:`locked` takes an advisory lock (``filelock``, i.e. ``fcntl.flock``: the
+kernel drops it when the process dies, even on SIGKILL), so two runs cannot
+write one folder at the same time; the second one fails with a message naming
+the first one's process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+MARKER = ".hf-backdoor-guard.json"
+LOCK = ".hf-backdoor-guard.lock"
+_OWN_NAMES = (MARKER, LOCK, LOCK + ".holder")
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename: a kill leaves the old file or the new one."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, **dumps_options: Any) -> Path:
+    """``json.dump`` to ``path`` atomically (indent 2 unless told otherwise)."""
+    dumps_options.setdefault("indent", 2)
+    return write_text_atomic(path, json.dumps(data, **dumps_options) + "\n")
+
+
+def read_marker(path: str | os.PathLike) -> dict | None:
+    """The marker of a folder we wrote (``{"owner", "outputs", ...}``), or None."""
+    marker = Path(path) / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("owner"), str) else None
+
+
+def claim_output_dir(path: str | os.PathLike, owner: str, option: str = "output_dir") -> Path:
+    """Make ``path`` the output folder of an ``owner`` job (``"demo"``, ``"defend"``, ...) and return it.
+
+    Refuses, with a ``ValueError`` naming ``option`` and what is in the way, a path that
+    is a file, or a non-empty folder that was not written by an ``owner`` job. Nothing
+    in the folder is touched by the check; the marker is written only once it passes.
+    """
+    path = Path(path)
+    check_output_dir(path, owner, option)
+    path.mkdir(parents=True, exist_ok=True)
+    if read_marker(path) is None:
+        write_json_atomic(path / MARKER, {"owner": owner, "outputs": []})
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, owner: str, option: str = "output_dir") -> None:
+    """The checks of :func:`claim_output_dir`, without creating anything (run them before any work)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} exists and is not a folder.")
+    if not path.is_dir():
+        return
+    marker = read_marker(path)
+    if marker is not None:
+        if marker["owner"] != owner:
+            raise ValueError(
+                f"{option} {path} was written by `{marker['owner']}`, not `{owner}`; choose another folder "
+                "so neither run's files are overwritten."
+            )
+        return
+    entries = sorted(entry.name for entry in path.iterdir() if entry.name not in _OWN_NAMES)
+    if entries:
+        raise ValueError(
+            f"{option} {path} is not empty and was not written by `{owner}` ({len(entries)} entries, e.g. "
+            f"{entries[:3]}); choose a new or empty folder so none of your files is overwritten."
+        )
+
+
+def record_outputs(path: str | os.PathLike, names: Iterable[str]) -> None:
+    """Add ``names`` (files or folders directly inside ``path``) to the outputs the marker owns."""
+    path = Path(path)
+    marker = read_marker(path)
+    if marker is None:
+        raise ValueError(f"{path} has no {MARKER}; claim it with claim_output_dir first.")
+    outputs = list(marker.get("outputs") or [])
+    for name in names:
+        if Path(name).name != name or name in _OWN_NAMES:
+            raise ValueError(f"Only plain names directly inside the folder can be recorded, got {name!r}.")
+        if name not in outputs:
+            outputs.append(name)
+    write_json_atomic(path / MARKER, {**marker, "outputs": outputs})
+
+
+def recorded_outputs(path: str | os.PathLike) -> list[str]:
+    marker = read_marker(path)
+    return list(marker.get("outputs") or []) if marker else []
+
+
+def remove_outputs(path: str | os.PathLike, names: Iterable[str] | None = None) -> list[str]:
+    """Delete recorded outputs (all of them, or those of ``names`` that are recorded); return what was removed.
+
+    A name that was never recorded is left alone, so this can only delete what one of
+    our jobs wrote, never a user's file.
+    """
+    path = Path(path)
+    recorded = recorded_outputs(path)
+    wanted = recorded if names is None else [name for name in names if name in recorded]
+    removed = []
+    for name in wanted:
+        target = path / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, what: str = "run", wait: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on folder ``path`` (which must exist) for the ``with`` block.
+
+    With ``wait=False`` a folder locked by another process raises ``RuntimeError``
+    naming that process; with ``wait=True`` the call blocks until it is free. The lock
+    is per process: run it in one process of a multi-process launch (the main one).
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    lock = FileLock(str(path / LOCK), timeout=-1 if wait else 0)
+    holder_file = path / (LOCK + ".holder")
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = json.loads(holder_file.read_text())
+            who = f"process {holder.get('pid')} on {holder.get('host')}"
+        except (OSError, ValueError):
+            who = "another process"
+        raise RuntimeError(
+            f"{path} is in use by another {what} ({who}); wait for it to finish, or use another folder."
+        ) from None
+    try:
+        write_json_atomic(holder_file, {"pid": os.getpid(), "host": socket.gethostname()})
+        yield
+    finally:
+        lock.release()
