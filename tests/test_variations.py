@@ -1,6 +1,7 @@
 """ImageVariation over tiny random pipelines of every diffusers family (built in code, offline)."""
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -12,8 +13,10 @@ from PIL import Image
 
 import hf_backdoor_guard as hbg
 from hf_backdoor_guard.variations import lab_to_rgb, rgb_to_lab, transfer_color, variation_seed
-from hf_backdoor_guard.variations.adapters import Adapter
-from tiny_pipelines import FAMILIES, saved_family
+from hf_backdoor_guard.variations import SUPPORTED_CLASSES
+from hf_backdoor_guard.variations.adapters import FAMILIES as REGISTERED_FAMILIES, Adapter
+from hf_backdoor_guard.variations.families import UnconditionalSDEditAdapter
+from tiny_pipelines import FAMILIES, build_sd_image_variation, saved_family, tiny_unet2d
 
 # 2-4 steps per family; SDEdit families need steps * strength >= 1.
 FAST = {
@@ -255,9 +258,15 @@ def test_bad_options_raise_before_generation(tmp_path, mixed_ds, monkeypatch):
         load("ddim", num_variations=0)
     loads = []
     monkeypatch.setattr(Adapter, "load", classmethod(lambda cls, *args, **kwargs: loads.append(args)))
-    for bad in (dict(num_variations=0), dict(strength=2.0), dict(num_inference_steps=0), dict(seed="1")):
+    for bad in (dict(num_variations=0), dict(strength=2.0), dict(num_inference_steps=0), dict(seed="1"),
+                dict(eta=float("nan")), dict(guidance_scale=float("inf")), dict(speed="warp"),
+                dict(device="cuda:99"), dict(channels_last="yes"), dict(pipeline_kwargs=[1])):
         with pytest.raises(ValueError, match=next(iter(bad))):  # checked before any weight is read
             hbg.ImageVariation.from_pretrained(saved_family("ddim")[0], **bad)
+    with pytest.raises(ValueError, match="takes no prior"):
+        hbg.ImageVariation.from_pretrained(saved_family("ddim")[0], prior=saved_family("kandinsky22")[1]["prior"])
+    with pytest.raises(ValueError, match="prior .* is a DDIMPipeline; KandinskyV22Pipeline needs one of"):
+        hbg.ImageVariation.from_pretrained(saved_family("kandinsky22")[0], prior=saved_family("ddim")[0])
     assert loads == []
     monkeypatch.undo()
     for strength in (0, -0.1, 1.5):
@@ -312,3 +321,242 @@ def test_embedded_default_runs():
     out = ds.map(variation, batched=True, with_indices=True)
     assert len(out) == 2 and out[0]["image"].size == (8, 8)
     assert hbg.ImageVariation.embedded(num_variations=3).num_variations == 3  # options override defaults
+
+
+# --- the pipeline-family registry ------------------------------------------------------------
+class ToyPixelPipeline:
+    """Stands for a third-party pipeline class: not a diffusers class, so no built-in family knows it."""
+
+    def __init__(self, unet, scheduler):
+        self.unet, self.scheduler = unet, scheduler
+        self.components = {"unet": unet, "scheduler": scheduler}
+
+    def set_progress_bar_config(self, **kwargs):
+        pass
+
+    def to(self, device=None, dtype=None):
+        self.unet.to(device=device, dtype=dtype)
+        return self
+
+
+class ToyPixelAdapter(UnconditionalSDEditAdapter):
+    name = "toy-pixel"
+    pipeline_classes = ("ToyPixelPipeline",)
+
+
+def test_a_new_family_is_one_adapter_and_one_registration():
+    from diffusers import DDIMScheduler
+
+    toy = ToyPixelPipeline(tiny_unet2d(), DDIMScheduler(num_train_timesteps=1000))
+    with pytest.raises(ValueError, match="Unsupported pipeline class ToyPixelPipeline; supported families: "
+                                         "sd-image-variation .*unconditional-sdedit"):
+        hbg.ImageVariation(toy)
+    REGISTERED_FAMILIES.register(ToyPixelAdapter)
+    try:
+        assert SUPPORTED_CLASSES["ToyPixelPipeline"] is ToyPixelAdapter  # the exported view reads the registry
+        variation = hbg.ImageVariation(toy, num_inference_steps=4, strength=0.5, size=32)
+        assert type(variation.adapter) is ToyPixelAdapter and variation.settings()["family"] == "toy-pixel"
+        (image,) = variation.generate([random_image(0)], [0])
+        assert image.size == (32, 32)
+        with pytest.raises(ValueError, match=r"Unsupported pipeline class Linear; .*toy-pixel \(ToyPixelPipeline\)"):
+            hbg.ImageVariation(torch.nn.Linear(2, 2))
+    finally:
+        REGISTERED_FAMILIES.unregister("toy-pixel")
+    assert "ToyPixelPipeline" not in SUPPORTED_CLASSES
+    with pytest.raises(ValueError, match="Unsupported pipeline class ToyPixelPipeline"):
+        hbg.ImageVariation(toy)
+
+
+def test_registry_lists_every_built_in_family_and_refuses_a_double_claim():
+    assert REGISTERED_FAMILIES.names() == ["sd-image-variation", "versatile-diffusion", "stable-unclip-img2img",
+                                           "sd-img2img", "kandinsky-2.2", "flux-redux", "unconditional-sdedit"]
+    assert {ADAPTER[name] for name in FAMILIES} == {adapter.__name__ for _, adapter in REGISTERED_FAMILIES.items()}
+    assert SUPPORTED_CLASSES["StableDiffusionPipeline"].name == "sd-img2img"
+
+    class Clash(UnconditionalSDEditAdapter):
+        name = "clash"
+        pipeline_classes = ("DDIMPipeline",)
+
+    REGISTERED_FAMILIES.register(Clash)
+    try:
+        with pytest.raises(ValueError, match="DDIMPipeline is claimed by two families, unconditional-sdedit and clash"):
+            load("ddim")
+    finally:
+        REGISTERED_FAMILIES.unregister("clash")
+
+
+def test_prior_rule_on_pipeline_objects():
+    decoder, prior = FAMILIES["kandinsky22"]()
+    with pytest.raises(ValueError, match="KandinskyV22Pipeline needs its prior stage"):
+        hbg.ImageVariation(decoder, size=32)
+    ddim, _ = FAMILIES["ddim"]()
+    with pytest.raises(ValueError, match="DDIMPipeline takes no prior, got prior=KandinskyV22PriorEmb2EmbPipeline"):
+        hbg.ImageVariation(ddim, prior=prior)
+    with pytest.raises(ValueError, match="prior DDIMPipeline is a DDIMPipeline; KandinskyV22Pipeline needs one of"):
+        hbg.ImageVariation(decoder, prior=ddim, size=32)
+
+
+# --- the one private library call, guarded --------------------------------------------------
+def test_private_datasets_hook_of_register_for_hashing_still_exists():
+    """variations.core._register_for_hashing uses datasets.utils._dill.pklregister (no public hook exists)."""
+    try:
+        from datasets.utils._dill import Pickler, pklregister  # noqa: F401
+    except ImportError as error:
+        pytest.fail(f"datasets removed utils._dill.pklregister, which hf_backdoor_guard.variations.core."
+                    f"_register_for_hashing needs to hash an ImageVariation by its fingerprint: {error}")
+    assert hbg.ImageVariation in Pickler.dispatch, "_register_for_hashing did not register ImageVariation"
+    one, other = load("ddim"), load("ddim", seed=3)
+    one._fingerprint = other._fingerprint = "same-token"  # different settings, same fingerprint string
+    assert Hasher.hash(one) == Hasher.hash(other), "datasets no longer hashes through _register_for_hashing's hook"
+
+
+# --- faults: non-finite numbers, unavailable devices (issue 16, defects 4 and 10) -------------
+def test_non_finite_floats_are_refused_naming_the_option():
+    nan, inf = float("nan"), float("inf")
+    for name, family, options in [
+        ("guidance_scale", "sd-image-variation", dict(guidance_scale=nan)),
+        ("guidance_scale", "sd-image-variation", dict(guidance_scale=inf)),
+        ("eta", "ddim", dict(eta=nan)),
+        ("eta", "ddim", dict(eta=inf)),
+        ("strength", "ddim", dict(strength=nan)),
+        (r"pipeline_kwargs\['noise_level'\]", "unclip-img2img", dict(pipeline_kwargs={"noise_level": nan})),
+        (r"prior_kwargs\['guidance_scale'\]", "kandinsky22",
+         dict(prior_kwargs={"num_inference_steps": 2, "guidance_scale": inf})),
+        (r"prior_kwargs\['strength'\]", "kandinsky22", dict(prior_kwargs={"num_inference_steps": 2, "strength": nan})),
+    ]:
+        with pytest.raises(ValueError, match=f"{name} must .*finite number"):
+            load(family, **options)
+        pipeline, prior = FAMILIES[family]()
+        with pytest.raises(ValueError, match=f"{name} must .*finite number"):
+            hbg.ImageVariation(pipeline, prior=prior, size=32, **{**FAST[family], **options})
+    with pytest.raises(ValueError, match="guidance_scale must lie in"):
+        load("sd-image-variation", guidance_scale=-1.0)
+
+
+def test_an_unavailable_device_fails_before_the_weights_load(monkeypatch):
+    missing = f"cuda:{torch.cuda.device_count() + 7}"
+    unavailable = [missing] + ([] if torch.cuda.is_available() else ["cuda"])
+    loads = []
+    monkeypatch.setattr(Adapter, "load", classmethod(lambda cls, *args, **kwargs: loads.append(args)))
+    for device in unavailable:
+        with pytest.raises(ValueError, match=rf"device='{device}' is not available on this machine; "
+                                             r"available: \['cpu'"):
+            hbg.ImageVariation.from_pretrained(saved_family("ddim")[0], device=device)
+        with pytest.raises(ValueError, match=f"device='{device}' is not available"):
+            hbg.ImageVariation.embedded(device=device)
+    with pytest.raises(ValueError, match="device='gpu please' is not a torch device"):
+        hbg.ImageVariation.from_pretrained(saved_family("ddim")[0], device="gpu please")
+    assert loads == []
+    monkeypatch.undo()
+    pipeline, _ = FAMILIES["ddim"]()
+    with pytest.raises(ValueError, match=f"device='{missing}' is not available"):
+        hbg.ImageVariation(pipeline, device=missing)
+    variation = load("ddim", device="cpu")
+    with pytest.raises(ValueError, match=f"device='{missing}' is not available"):
+        variation.to(missing)
+    assert variation.adapter.device().type == "cpu"
+
+
+def test_from_pretrained_runs_no_code_from_the_folder(tmp_path):
+    """A folder that names a custom component class is refused; its module is never imported."""
+    folder = tmp_path / "custom"
+    shutil.copytree(saved_family("ddim")[0], folder)
+    marker = tmp_path / "code-ran"
+    (folder / "unet" / "evil_unet.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from diffusers import UNet2DModel\nclass EvilUNet(UNet2DModel):\n    pass\n")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["unet"] = ["evil_unet", "EvilUNet"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        hbg.ImageVariation.from_pretrained(folder, num_inference_steps=4, strength=0.5)
+    assert not marker.exists()
+
+
+# --- the fast path ---------------------------------------------------------------------------
+def channels_last(model):
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+
+
+def test_fast_preset_fills_the_unset_options():
+    pipe, _ = build_sd_image_variation()
+    variation = hbg.ImageVariation(pipe, speed="fast")
+    assert type(variation.adapter.pipeline.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert variation.num_inference_steps == 15 and variation.size == (32, 32)  # native size
+    assert channels_last(pipe.unet) and channels_last(pipe.vae)
+    assert variation.torch_compile and not variation._compiled  # on CPU nothing is compiled
+    # attention already runs through torch's scaled_dot_product_attention (diffusers' default on torch 2)
+    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"AttnProcessor2_0"}
+    settings = variation.settings()
+    assert (settings["speed"], settings["channels_last"], settings["torch_compile"]) == ("fast", True, True)
+    assert variation.fingerprint != hbg.ImageVariation(build_sd_image_variation()[0], num_inference_steps=15,
+                                                       scheduler="DPMSolverMultistepScheduler").fingerprint
+    # the preset's scheduler swap leaves the caller's pipeline its own scheduler
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+    small = hbg.ImageVariation(build_sd_image_variation()[0], speed="fast-small")
+    assert small.size == (16, 16) and small.num_inference_steps == 15
+    assert len(small.generate([random_image(0)], [0])) == 1
+
+
+def test_explicit_options_win_over_the_preset():
+    pipe, _ = build_sd_image_variation()
+    variation = hbg.ImageVariation(pipe, speed="fast-small", num_inference_steps=3, scheduler="DDIMScheduler",
+                                   size=24, channels_last=False, torch_compile=False)
+    assert type(variation.adapter.pipeline.scheduler).__name__ == "DDIMScheduler"
+    assert (variation.num_inference_steps, variation.size) == (3, (24, 24))
+    assert not channels_last(pipe.unet) and not variation.torch_compile
+    reloaded = load("sd-image-variation", speed="fast", num_inference_steps=2)
+    assert reloaded.num_inference_steps == 2 and reloaded.settings()["speed"] == "fast"
+    with pytest.raises(ValueError, match=r"speed='fast-small' is not a preset of the unconditional-sdedit family; "
+                                         r"choose one of \['fast'\]"):
+        load("ddim", speed="fast-small")
+    pipeline, prior = FAMILIES["flux-redux"]()
+    flux = hbg.ImageVariation(pipeline, prior=prior, speed="fast")
+    assert type(flux.adapter.pipeline.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"  # not DPM
+    assert flux.num_inference_steps == 20
+
+
+def test_fast_path_output_matches_the_same_options_set_by_hand():
+    """channels_last changes how weights are stored, not what is computed (up to float rounding)."""
+    image = [random_image(1)]
+    fast = load("ddim", speed="fast", num_inference_steps=4, color_transfer=False).generate(image, [0])[0]
+    plain = load("ddim", num_inference_steps=4, color_transfer=False).generate(image, [0])[0]
+    assert np.abs(as_array(fast) - as_array(plain)).max() <= 1
+
+
+def test_embedded_fast_preset():
+    from hf_backdoor_guard.embedded import EMBEDDED_SPEED_PRESETS, EMBEDDED_VARIATION_DEFAULTS
+
+    fast = hbg.ImageVariation.embedded(speed="fast")
+    assert fast.num_inference_steps == EMBEDDED_SPEED_PRESETS["fast"]["num_inference_steps"] < \
+        EMBEDDED_VARIATION_DEFAULTS["num_inference_steps"]
+    assert fast.strength == EMBEDDED_VARIATION_DEFAULTS["strength"] and fast.eta == 1.0
+    assert int(fast.num_inference_steps * fast.strength) >= 4  # still a real denoising run
+    assert fast.settings()["speed"] == "fast" and fast.fingerprint != hbg.ImageVariation.embedded().fingerprint
+    assert hbg.ImageVariation.embedded(speed="fast", num_inference_steps=14).num_inference_steps == 14
+    with pytest.raises(ValueError, match=r"not a preset of the embedded model; choose one of \['fast'\]"):
+        hbg.ImageVariation.embedded(speed="fast-small")
+
+
+# --- scheduler swap (regression: DiffusionPipeline.from_pipe cast shared models to float32 in place,
+# which silently made bf16 generation 4x slower per step on an H100) -------------------------------
+def test_scheduler_swap_keeps_dtypes_and_leaves_the_callers_pipeline_alone():
+    pipe, _ = build_sd_image_variation()
+    pipe.unet.to(torch.bfloat16)  # mixed dtypes on purpose: UNet bf16, VAE and encoder float32
+    variation = hbg.ImageVariation(pipe, num_inference_steps=2, scheduler="DPMSolverMultistepScheduler", size=32)
+    assert type(pipe.scheduler).__name__ != "DPMSolverMultistepScheduler"
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.float32
+    assert variation.adapter.pipeline.unet is pipe.unet
+    assert type(variation.adapter.pipeline.scheduler).__name__ == "DPMSolverMultistepScheduler"
+
+
+def test_generation_with_a_swapped_scheduler_stays_in_bf16():
+    pipe, _ = build_sd_image_variation()
+    pipe.to(dtype=torch.bfloat16)
+    variation = hbg.ImageVariation(pipe, num_inference_steps=2, scheduler="DPMSolverMultistepScheduler", size=32)
+    ds = Dataset.from_dict({"image": [Image.new("RGB", (32, 32), (90, 30, 10))] * 2},
+                           features=Features({"image": ImageFeature()}))
+    out = ds.map(variation, batched=True, with_indices=True)
+    assert len(out) == 2 and out[0]["image"].size == (32, 32)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.vae.dtype == torch.bfloat16

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,8 @@ import torch
 from PIL import Image
 
 from ..images import load_rgb
-from ..validation import check_image_column, check_int
-from .adapters import (PRIOR_CLASSES, SUPPORTED_CLASSES, Adapter, Settings, adapter_for_pipeline, clean_config,
-                       quiet_progress_bars, supported_list)
+from ..validation import check_image_column, check_int, check_number, check_seed
+from .adapters import Adapter, Settings, adapter_for, adapter_for_pipeline, clean_config, quiet_progress_bars
 from .color import lab_stats, match_lab_stats
 
 logger = logging.getLogger(__name__)
@@ -43,19 +43,65 @@ def variation_seed(seed: int, row: int, variation: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-_GENERIC_OPTIONS = ("num_variations", "num_inference_steps", "strength", "seed")
+_GENERIC_OPTIONS = ("num_variations", "num_inference_steps", "guidance_scale", "strength", "eta", "seed",
+                    "pipeline_kwargs", "prior_kwargs", "channels_last", "torch_compile")
 
 
-def _check_generic_options(num_variations=1, num_inference_steps=None, strength=None, seed=42) -> None:
-    """The checks that need no pipeline, so from_pretrained can run them before loading weights."""
+def _check_generic_options(num_variations=1, num_inference_steps=None, guidance_scale=None, strength=None, eta=None,
+                           seed=42, pipeline_kwargs=None, prior_kwargs=None, channels_last=None,
+                           torch_compile=None) -> None:
+    """The checks that need no pipeline, so from_pretrained can run them before loading weights.
+
+    Every float must be finite: a NaN compares False with every bound and would reach the
+    scheduler silently (all-NaN images).
+    """
     check_int("num_variations", num_variations)
     if num_inference_steps is not None:
         check_int("num_inference_steps", num_inference_steps)
-    if strength is not None and (isinstance(strength, bool) or not isinstance(strength, (int, float))
-                                 or not 0 < strength <= 1):
-        raise ValueError(f"strength must lie in (0, 1], got {strength!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}.")
+    if guidance_scale is not None:
+        check_number("guidance_scale", guidance_scale, 0.0, None)
+    if strength is not None:
+        check_number("strength", strength, 0.0, 1.0, low_inclusive=False)
+    if eta is not None:
+        check_number("eta", eta, 0.0, None)
+    check_seed("seed", seed)
+    for name, kwargs in (("pipeline_kwargs", pipeline_kwargs), ("prior_kwargs", prior_kwargs)):
+        if kwargs is None:
+            continue
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"{name} must be a dict of keyword arguments, got {kwargs!r}.")
+        for key, value in kwargs.items():
+            if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+                check_number(f"{name}[{key!r}]", value)
+    prior_kwargs = prior_kwargs or {}
+    if "strength" in prior_kwargs:
+        check_number("prior_kwargs['strength']", prior_kwargs["strength"], 0.0, 1.0, low_inclusive=False)
+    if "num_inference_steps" in prior_kwargs:
+        check_int("prior_kwargs['num_inference_steps']", prior_kwargs["num_inference_steps"])
+    for name, flag in (("channels_last", channels_last), ("torch_compile", torch_compile)):
+        if flag is not None and not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}.")
+
+
+def _available_devices() -> list[str]:
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    count = torch.accelerator.device_count() if accelerator is not None else 0
+    return ["cpu"] + [f"{accelerator.type}:{index}" for index in range(count)]
+
+
+def _check_device(device) -> torch.device | None:
+    """``device`` parsed, and present on this machine: fails before any weight is loaded."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ValueError(f"device={device!r} is not a torch device ({error}); available: {_available_devices()}.") \
+            from None
+    available = _available_devices()
+    if parsed.type != "cpu" and str(parsed if parsed.index is not None else f"{parsed.type}:0") not in available:
+        raise ValueError(f"device={device!r} is not available on this machine; available: {available}.")
+    return parsed
 
 
 def _resolve_dtype(dtype) -> torch.dtype | None:
@@ -138,6 +184,14 @@ class ImageVariation:
         image_column: the column holding the images.
         pipeline_kwargs / prior_kwargs: extra keyword arguments for the pipeline / prior call
             (for the unconditional family, for ``scheduler.step``).
+        speed: a preset of the family (``Adapter.speed_presets``) that fills in the options left
+            unset: ``"fast"`` is DPM-Solver++ with 15 steps (latent families), channels_last and
+            torch.compile; ``"fast-small"`` also generates at half the native size (256 px for
+            SD), for small sources such as CIFAR's 32 px images. Explicit options win.
+        channels_last: store the denoiser's and image decoder's weights channels_last (in place;
+            faster convolutions on GPUs).
+        torch_compile: ``torch.compile`` the denoiser (in place) when it is on a CUDA device;
+            on other devices it is skipped (compiling costs more than it saves there).
     """
 
     def __init__(self, pipeline, *, prior=None, num_variations: int = 1, num_inference_steps: int | None = None,
@@ -145,14 +199,28 @@ class ImageVariation:
                  scheduler=None, size: int | tuple[int, int] | None = None, resize_to_source: bool = True,
                  color_transfer: bool = True, keep_source: bool | str = False, prompt: str = "", seed: int = 42,
                  dtype=None, device=None, image_column: str = "image", pipeline_kwargs: dict | None = None,
-                 prior_kwargs: dict | None = None):
+                 prior_kwargs: dict | None = None, speed: str | None = None, channels_last: bool | None = None,
+                 torch_compile: bool | None = None):
+        device = _check_device(device)
         adapter_cls = adapter_for_pipeline(pipeline)
+        preset = adapter_cls.speed_preset(speed)
+        size_scale = preset.pop("size_scale", None)
+        given = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, strength=strength,
+                     eta=eta, scheduler=scheduler, size=size, channels_last=channels_last, torch_compile=torch_compile)
+        chosen = {**given, **{key: value for key, value in preset.items() if given[key] is None}}  # explicit wins
+        _check_generic_options(num_variations=num_variations, seed=seed, pipeline_kwargs=pipeline_kwargs,
+                               prior_kwargs=prior_kwargs, **{key: chosen[key] for key in _GENERIC_OPTIONS
+                                                             if key in chosen})
         self.adapter: Adapter = adapter_cls(pipeline, prior)
+        self.speed = speed
         self.num_variations = num_variations
-        self.num_inference_steps = num_inference_steps
-        self.guidance_scale = guidance_scale
-        self.strength = strength
-        self.eta = eta
+        self.num_inference_steps = chosen["num_inference_steps"]
+        self.guidance_scale = chosen["guidance_scale"]
+        self.strength = chosen["strength"]
+        self.eta = chosen["eta"]
+        self.channels_last = bool(chosen["channels_last"])
+        self.torch_compile = bool(chosen["torch_compile"])
+        self._compiled = False
         self.resize_to_source = resize_to_source
         self.color_transfer = color_transfer
         self.prompt = prompt
@@ -166,13 +234,15 @@ class ImageVariation:
         self.dtype = _resolve_dtype(dtype)
         self.size = None
         self._fingerprint: str | None = None
-        scheduler_cls = _resolve_scheduler(scheduler)
+        scheduler_cls = _resolve_scheduler(chosen["scheduler"])
         if scheduler_cls is not None:  # first: whether eta applies depends on it
             self.adapter.set_scheduler(scheduler_cls)
-        self._validate(size)
-        self.size = self._resolve_size(size)
+        self._validate()
+        self.size = self._resolve_size(chosen["size"], size_scale)
         if device is not None or self.dtype is not None:
             self.to(device=device, dtype=self.dtype)
+        else:
+            self._apply_speed_options()
 
     # --- construction ------------------------------------------------------------------
     @classmethod
@@ -180,53 +250,41 @@ class ImageVariation:
                         revision: str | None = None, variant: str | None = None, **options) -> ImageVariation:
         """Build the right pipeline from a Hub repo id or a local folder's ``model_index.json``.
 
-        Weights load as safetensors only. Two-stage families take the prior's repo or
-        folder as ``prior=``. ``options`` are ``ImageVariation``'s keyword arguments.
+        Weights load as safetensors only, and no code from the repo runs (``trust_remote_code=False``).
+        Two-stage families take the prior's repo or folder as ``prior=``. ``options`` are
+        ``ImageVariation``'s keyword arguments. Everything that can be checked without the
+        weights (options, device, family, prior, speed preset) is checked before they load.
         """
         dtype = _resolve_dtype(dtype)
-        _check_generic_options(**{key: options[key] for key in _GENERIC_OPTIONS if key in options})  # before loading
+        device = _check_device(device)
+        _check_generic_options(**{key: options[key] for key in _GENERIC_OPTIONS if key in options})
         class_name = _pipeline_class_name(repo_or_path, revision)
-        if class_name in PRIOR_CLASSES:
-            adapter_cls = PRIOR_CLASSES[class_name]
-            raise ValueError(
-                f"{repo_or_path} holds a {class_name}, the prior stage: pass the {adapter_cls.pipeline_classes[0]} "
-                f"repo or folder as the path and this one as prior=..."
-            )
-        if class_name not in SUPPORTED_CLASSES:
-            raise ValueError(
-                f"Unsupported pipeline class {class_name} in {repo_or_path}/model_index.json; supported: "
-                f"{supported_list()}."
-            )
-        adapter_cls = SUPPORTED_CLASSES[class_name]
-        if adapter_cls.prior_classes and prior is None:
-            raise ValueError(
-                f"{class_name} needs its prior stage for image variations: pass prior=<repo or folder of a "
-                f"{' or '.join(adapter_cls.prior_classes)}>."
-            )
-        if prior is not None and not adapter_cls.prior_classes:
-            raise ValueError(f"{class_name} takes no prior, got prior={prior!r}.")
-        if prior is not None:
-            prior_class = _pipeline_class_name(prior, revision=None)
-            if prior_class not in adapter_cls.prior_classes:
-                raise ValueError(
-                    f"prior {prior} holds a {prior_class}; {class_name} needs one of "
-                    f"{', '.join(adapter_cls.prior_classes)}."
-                )
+        adapter_cls = adapter_for((class_name,), source=f"{repo_or_path}/model_index.json")
+        adapter_cls.speed_preset(options.get("speed"))
+        prior_classes = None
+        if prior is not None:  # the prior's model_index.json is read only for families that take one
+            prior_classes = (_pipeline_class_name(prior, revision=None),) if adapter_cls.prior_classes else ()
+        adapter_cls.check_prior(class_name, prior_classes, prior)
         logger.info("Loading %s from %s", class_name, repo_or_path)
         adapter = adapter_cls.load(class_name, repo_or_path, prior_path=prior, dtype=dtype, revision=revision,
                                    variant=variant)
         return cls(adapter.pipeline, prior=adapter.prior, dtype=dtype, device=device, **options)
 
     @classmethod
-    def embedded(cls, **options) -> ImageVariation:
+    def embedded(cls, speed: str | None = None, **options) -> ImageVariation:
         """The offline default shipped with the package (a small unconditional DDIM model).
 
-        Its recommended options (``EMBEDDED_VARIATION_DEFAULTS``) apply unless overridden.
-        Weights are stored in fp16; they run in float32 unless ``dtype`` says otherwise.
+        Its recommended options (``EMBEDDED_VARIATION_DEFAULTS``) apply unless overridden;
+        ``speed`` picks one of ``EMBEDDED_SPEED_PRESETS`` on top of them (explicit options
+        still win). Weights are stored in fp16; they run in float32 unless ``dtype`` says otherwise.
         """
-        from hf_backdoor_guard.embedded import EMBEDDED_DIFFUSION_DIR, EMBEDDED_VARIATION_DEFAULTS
+        from hf_backdoor_guard.embedded import (EMBEDDED_DIFFUSION_DIR, EMBEDDED_SPEED_PRESETS,
+                                                EMBEDDED_VARIATION_DEFAULTS)
 
-        merged = {**EMBEDDED_VARIATION_DEFAULTS, **options}
+        if speed is not None and speed not in EMBEDDED_SPEED_PRESETS:
+            raise ValueError(f"speed={speed!r} is not a preset of the embedded model; choose one of "
+                             f"{sorted(EMBEDDED_SPEED_PRESETS)} or leave it unset.")
+        merged = {**EMBEDDED_VARIATION_DEFAULTS, **EMBEDDED_SPEED_PRESETS.get(speed, {}), **options, "speed": speed}
         if "stochastic" in merged:  # the defaults may name DDIM's eta by its effect
             stochastic = merged.pop("stochastic")
             if "eta" not in options:
@@ -235,11 +293,10 @@ class ImageVariation:
         return cls.from_pretrained(EMBEDDED_DIFFUSION_DIR, **merged)
 
     # --- validation --------------------------------------------------------------------
-    def _validate(self, size) -> None:
+    def _validate(self) -> None:
+        """The checks that need the pipeline (the generic ones ran in ``__init__``)."""
         adapter = self.adapter
         family = type(adapter.pipeline).__name__
-        _check_generic_options(num_variations=self.num_variations, num_inference_steps=self.num_inference_steps,
-                               strength=self.strength, seed=self.seed)
         steps = self.num_inference_steps
         if self.strength is not None and not adapter.uses_strength:
             raise ValueError(f"strength is not used by {family}; leave it unset.")
@@ -258,11 +315,8 @@ class ImageVariation:
                 )
         if self.guidance_scale is not None and not adapter.uses_guidance:
             raise ValueError(f"guidance_scale is not used by the unconditional {family}; leave it unset.")
-        if self.eta is not None:
-            if not adapter.uses_eta:
-                raise ValueError(f"eta is not used by {family} with its scheduler; leave it unset.")
-            if not isinstance(self.eta, (int, float)) or self.eta < 0:
-                raise ValueError(f"eta must be a number >= 0, got {self.eta!r}.")
+        if self.eta is not None and not adapter.uses_eta:
+            raise ValueError(f"eta is not used by {family} with its scheduler; leave it unset.")
         if self.prompt and not adapter.uses_prompt:
             raise ValueError(f"{family} takes no text prompt; leave prompt empty.")
         if not isinstance(self.image_column, str) or not self.image_column:
@@ -274,15 +328,18 @@ class ImageVariation:
                 f"got {self.source_column!r}."
             )
 
-    def _resolve_size(self, size) -> tuple[int, int]:
-        if size is None:
-            return tuple(int(v) for v in self.adapter.native_size())
-        if isinstance(size, int) and not isinstance(size, bool):
-            size = (size, size)
-        if not (isinstance(size, (tuple, list)) and len(size) == 2 and
-                all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-            raise ValueError(f"size must be a positive int or (height, width), got {size!r}.")
+    def _resolve_size(self, size, scale: float | None = None) -> tuple[int, int]:
+        """``size`` as (height, width); unset: the native size, times ``scale`` (a speed preset's) if given."""
         multiple = self.adapter.size_multiple()
+        if size is None:
+            native = [int(v) for v in self.adapter.native_size()]
+            if scale is None:
+                return tuple(native)
+            return tuple(max(multiple, int(v * scale) // multiple * multiple) for v in native)
+        pair = size if isinstance(size, (tuple, list)) else (size, size)
+        if len(pair) != 2:
+            raise ValueError(f"size must be a positive int or (height, width), got {size!r}.")
+        size = tuple(check_int("size", value) for value in pair)
         if any(v % multiple for v in size):
             kind = "latent" if self.adapter.latent else "pixel-space UNet"
             raise ValueError(
@@ -309,6 +366,7 @@ class ImageVariation:
     def to(self, device=None, dtype=None) -> ImageVariation:
         """Move the pipeline(s) in place; the fingerprint follows the new dtype."""
         dtype = _resolve_dtype(dtype)
+        device = _check_device(device)
         for pipe in self.adapter.pipelines:
             models = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
             # Casting models that already have the dtype only earns diffusers' "cast with to()" warning
@@ -318,7 +376,22 @@ class ImageVariation:
         if dtype is not None:
             self.dtype = dtype
         self._fingerprint = None
+        self._apply_speed_options()
         return self
+
+    def _apply_speed_options(self) -> None:
+        """channels_last and torch.compile, in place on the models; outputs stay the same up to float rounding."""
+        if self.channels_last:
+            for model in self.adapter.convolutional_models():
+                model.to(memory_format=torch.channels_last)
+        if self.torch_compile and not self._compiled:
+            denoiser = self.adapter.denoiser()
+            if denoiser.device.type == "cuda":
+                denoiser.compile()  # in place (nn.Module.compile): state_dict and fingerprint unchanged
+                self._compiled = True
+            else:
+                logger.info("torch_compile: the denoiser is on %s, not CUDA; not compiled (it would cost more "
+                            "than it saves there).", denoiser.device)
 
     def settings(self) -> dict[str, Any]:
         """Everything that decides the output, except the weights (JSON-friendly)."""
@@ -340,6 +413,9 @@ class ImageVariation:
             "image_column": self.image_column,
             "pipeline_kwargs": self.pipeline_kwargs,
             "prior_kwargs": self.prior_kwargs,
+            "speed": self.speed,
+            "channels_last": self.channels_last,
+            "torch_compile": self.torch_compile,
         }
 
     @property
@@ -456,10 +532,24 @@ def _pipeline_class_name(repo_or_path, revision: str | None) -> str:
 
 
 def _register_for_hashing(cls) -> None:
-    """Make ``datasets``' hasher see an ImageVariation as its fingerprint string."""
+    """Make ``datasets``' hasher see an ImageVariation as its fingerprint string.
+
+    The one private datasets call of the package, kept on purpose. ``Dataset.map`` hashes its
+    function by pickling it with datasets' own pickler; for an ImageVariation that means the
+    whole pipeline (gigabytes for Stable Diffusion, 0.5 s for a tiny one) on every ``map``
+    call, and a hash that differs between two identical builds, so the map cache never hits.
+    datasets has no public hook for this: ``__reduce__``/``__getstate__`` would also change
+    what ``num_proc`` workers receive, and ``map(new_fingerprint=...)`` relies on every
+    caller passing it. Only datasets' hashing pickler is affected (not ``pickle``, not
+    ``multiprocess``). tests/test_variations.py fails, naming this function, if an upgrade
+    removes ``pklregister``; until then a warning says hashing fell back to the slow default.
+    """
     try:
         from datasets.utils._dill import pklregister
-    except ImportError:  # another datasets layout: fall back to its default (slow) hashing
+    except ImportError as error:
+        logger.warning("variations.core._register_for_hashing: datasets has no utils._dill.pklregister (%s); "
+                       "Dataset.map will hash ImageVariation by pickling its whole pipeline (slow, uncached). "
+                       "Pass map(new_fingerprint=variation.fingerprint) to avoid it.", error)
         return
 
     @pklregister(cls)
