@@ -98,7 +98,7 @@ def test_sixteen_bit_grey_is_rescaled_not_clipped():
         (lambda: hbg.Blended(ratio=1.5), "ratio must lie in"),
         (lambda: hbg.Blended(trigger="stripes"), "Unknown Blended trigger"),
         (lambda: hbg.WaNet(k=1), "k must be"),
-        (lambda: hbg.SIG(frequency=0), "frequency must be"),
+        (lambda: hbg.SIG(frequency=0), "SIG frequency must lie in"),
         (lambda: hbg.attack_from_name("trojan"), "Unknown attack 'trojan'"),
     ],
 )
@@ -110,3 +110,35 @@ def test_bad_options_name_the_problem(make, message):
 def test_trigger_larger_than_image():
     with pytest.raises(ValueError, match="size 5 does not fit an image of 4x4"):
         hbg.BadNets(size=5)(Image.new("RGB", (4, 4)))
+
+
+# --- issue 16, defect 4: NaN and infinity never get past an attack's constructor ---------------
+@pytest.mark.parametrize(
+    "make, option",
+    [
+        (lambda v: hbg.WaNet(strength=v), "WaNet strength"),
+        (lambda v: hbg.SIG(delta=v), "SIG delta"),
+        (lambda v: hbg.SIG(frequency=v), "SIG frequency"),
+        (lambda v: hbg.Blended(ratio=v), "Blended ratio"),
+    ],
+)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_float_options_are_refused_naming_the_option(make, option, value):
+    with pytest.raises(ValueError, match=f"{option} must .*finite"):
+        make(value)
+
+
+@pytest.mark.parametrize(
+    "make, option",
+    [
+        (lambda: hbg.WaNet(strength=True), "WaNet strength"),
+        (lambda: hbg.WaNet(k=4.0), "WaNet k"),
+        (lambda: hbg.WaNet(seed=-1), "WaNet seed"),
+        (lambda: hbg.SIG(delta="20"), "SIG delta"),
+        (lambda: hbg.Blended(seed=1.5), "Blended seed"),
+        (lambda: hbg.BadNets(seed="x"), "BadNets seed"),
+    ],
+)
+def test_wrong_types_and_seeds_name_the_option(make, option):
+    with pytest.raises(ValueError, match=option):
+        make()

@@ -160,3 +160,131 @@ def test_oversized_trigger_in_a_later_row_names_it():
 def test_rate_of_the_wrong_type_is_a_value_error(rate):
     with pytest.raises(ValueError, match=r"rate must lie in \[0, 1\]"):
         hbg.poison_dataset(make_dataset(n=10), hbg.BadNets(), rate=rate)
+
+
+# --- issue 16, defect 9: unreadable images, formatted datasets and seeds -------------------------
+def replace_bytes(ds, row, data):
+    raw = ds.cast_column("image", Image(decode=False))
+    cells = list(raw["image"])
+    cells[row] = {"bytes": data, "path": None}
+    return raw.remove_columns("image").add_column("image", cells, feature=Image(decode=False)).cast_column(
+        "image", Image())
+
+
+def png_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_corrupt_bytes_in_the_first_chosen_row_name_the_row():
+    ds = make_dataset(n=20)
+    first_chosen = 1  # rate 1.0: every non-target row is chosen; row 1 comes first
+    broken = replace_bytes(ds, first_chosen, b"definitely not a png")
+    with pytest.raises(ValueError, match="column 'image', row 1"):
+        hbg.poison_dataset(broken, hbg.BadNets(), rate=1.0)
+
+
+def test_truncated_bytes_in_a_row_not_chosen_are_caught_unless_verification_is_off():
+    ds = make_dataset(n=20)
+    whole = png_bytes(ds[5]["image"])
+    truncated = replace_bytes(ds, 5, whole[: len(whole) // 2])  # header intact, pixel data cut
+    with pytest.raises(ValueError, match="column 'image', row 5"):
+        hbg.poison_dataset(truncated, hbg.BadNets(), rate=0.0)
+    with pytest.raises(ValueError, match="column 'image', row 5"):
+        hbg.triggered_testset(truncated, hbg.BadNets(), target_label=1)  # row 5 is a target row: not triggered
+    out = hbg.poison_dataset(truncated, hbg.BadNets(), rate=0.0, verify_images=False)
+    assert not any(out["poisoned"])  # the escape hatch for huge sets: rows passed through are not decoded
+
+
+def test_a_torch_formatted_dataset_is_poisoned_and_keeps_its_format():
+    torch = pytest.importorskip("torch")
+    ds = make_dataset(n=20, extra=False)
+    formatted = ds.with_format("torch")
+    out = hbg.poison_dataset(formatted, hbg.BadNets(), rate=0.5, seed=3)
+    plain = hbg.poison_dataset(ds, hbg.BadNets(), rate=0.5, seed=3)
+    assert out.format["type"] == "torch"
+    assert isinstance(out[0]["label"], torch.Tensor)
+    assert out.with_format(None)["poisoned"] == plain["poisoned"]
+    test = hbg.triggered_testset(formatted, hbg.BadNets(), target_label=0)
+    assert test.format["type"] == "torch" and len(test) == 16
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "7", None, True])
+def test_a_bad_seed_is_named(seed):
+    with pytest.raises(ValueError, match="seed must be an int"):
+        hbg.poison_dataset(make_dataset(n=10), hbg.BadNets(), seed=seed)
+
+
+# --- issue 16, defect 10: bad labels and empty poison sets --------------------------------------
+def test_negative_labels_are_refused_naming_the_row():
+    ds = make_dataset(n=10).cast_column("label", Value("int64"))
+    labels = list(ds["label"])
+    labels[4] = -1
+    bad = ds.remove_columns("label").add_column("label", labels, feature=Value("int64"))
+    with pytest.raises(ValueError, match="row 4"):
+        hbg.poison_dataset(bad, hbg.BadNets(), rate=1.0)
+    with pytest.raises(ValueError, match="row 4"):
+        hbg.triggered_testset(bad, hbg.BadNets(), target_label=0)
+
+
+def test_a_clean_label_attack_without_target_rows_stops_before_work():
+    ds = make_dataset(n=20)
+    no_target = ds.filter(lambda row: row["label"] != 2)
+    with pytest.raises(ValueError, match="no rows of the target class 2"):
+        hbg.poison_dataset(no_target, hbg.SIG(), target_label=2, rate=0.5)
+    one_row = ds.select([1])  # label 1, target 0
+    with pytest.raises(ValueError, match="no rows of the target class 0"):
+        hbg.poison_dataset(one_row, hbg.SIG(), target_label=0, rate=1.0)
+    assert not any(hbg.poison_dataset(one_row, hbg.SIG(), rate=0.0)["poisoned"])  # rate 0 asks for nothing
+
+
+def test_a_dirty_label_attack_with_only_target_rows_stops_before_work():
+    only_target = make_dataset(n=20).filter(lambda row: row["label"] == 0)
+    with pytest.raises(ValueError, match="no rows outside the target class 0"):
+        hbg.poison_dataset(only_target, hbg.BadNets(), rate=0.1)
+    assert all(hbg.poison_dataset(only_target, hbg.BadNets(), rate=1.0, poison_target_class=True)["poisoned"])
+
+
+# --- cover rows and the forms of an attack (issue 11) -------------------------------------------
+def test_wanet_noise_mode_adds_cover_rows_that_keep_their_labels():
+    ds = make_dataset(n=60)
+    attack = hbg.WaNet()  # cover_ratio 2: the paper's cross ratio
+    out = hbg.poison_dataset(ds, attack, target_label=0, rate=0.1, seed=5)
+    poisoned, cover = np.asarray(out["poisoned"]), np.asarray(out["cover"])
+    assert poisoned.sum() == 5 and cover.sum() == 10 and not (poisoned & cover).any()
+    assert out.features["cover"] == Value("bool")
+    for row in np.flatnonzero(cover):
+        assert out["label"][row] == ds["label"][row]  # cover rows keep their label, any class
+        expected = attack.cover_image(ds[int(row)]["image"], index=int(row), label=ds["label"][row])
+        assert np.array_equal(np.asarray(out[int(row)]["image"]), np.asarray(expected))
+    without = hbg.poison_dataset(ds, hbg.WaNet(cover_ratio=0.0), target_label=0, rate=0.1, seed=5)
+    assert without["poisoned"] == out["poisoned"] and not any(without["cover"])  # same poisoned rows
+    assert "cover" not in hbg.triggered_testset(ds, attack).column_names
+
+
+def test_poisoned_rows_get_the_training_form_and_the_test_set_the_test_form():
+    ds = make_dataset(n=40)
+    attack = hbg.AdaptiveBlend(pieces=4, cover_ratio=1.0)
+    out = hbg.poison_dataset(ds, attack, rate=0.25, seed=2)
+    row = int(np.flatnonzero(out["poisoned"])[0])
+    partial = attack.poison_image(ds[row]["image"], index=row, label=ds["label"][row])
+    assert np.array_equal(np.asarray(out[row]["image"]), np.asarray(partial))
+    assert sum(out["cover"]) == sum(out["poisoned"]) == 8
+    test = hbg.triggered_testset(ds, attack, target_label=0)
+    assert np.array_equal(np.asarray(test[0]["image"]), np.asarray(attack(ds[1]["image"], index=1)))
+
+
+def test_cover_rows_are_capped_by_the_rows_left(caplog):
+    ds = make_dataset(n=10)
+    with caplog.at_level("WARNING"):
+        out = hbg.poison_dataset(ds, hbg.WaNet(), rate=1.0, poison_target_class=True)
+    assert all(out["poisoned"]) and not any(out["cover"])
+    assert "asks for 20 cover rows but only 0 rows are not poisoned" in caplog.text
+
+
+def test_clean_label_rate_is_a_share_of_the_target_class():
+    ds = make_dataset(n=100)  # 20 rows per class
+    out = hbg.poison_dataset(ds, hbg.SIG(), target_label=3, rate=0.3)
+    assert sum(out["poisoned"]) == 6  # ceil(0.3 * 20), float noise ignored (0.3 * 20 = 6.000000000000001)
+    assert all(hbg.poison_dataset(ds, hbg.SIG(), target_label=3, rate=1.0)["poisoned"][i] for i in range(3, 100, 5))
