@@ -471,6 +471,9 @@ def test_from_pretrained_runs_no_code_from_the_folder(tmp_path):
     with pytest.raises(ValueError, match="trust_remote_code"):
         hbg.ImageVariation.from_pretrained(folder, num_inference_steps=4, strength=0.5)
     assert not marker.exists()
+    # an explicit opt-in runs it
+    variation = hbg.ImageVariation.from_pretrained(folder, trust_remote_code=True, num_inference_steps=4, strength=0.5)
+    assert marker.exists() and type(variation.adapter.pipeline.unet).__name__ == "EvilUNet"
 
 
 # --- the fast path ---------------------------------------------------------------------------

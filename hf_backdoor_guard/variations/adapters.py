@@ -221,16 +221,21 @@ class Adapter:
 
     # --- loading -----------------------------------------------------------------------
     @classmethod
-    def load(cls, class_name: str, path, prior_path=None, dtype=None, revision=None, variant=None) -> Adapter:
-        """Load the pipeline (at ``revision``) and, for two-stage families, its prior (default branch)."""
+    def load(cls, class_name: str, path, prior_path=None, dtype=None, revision=None, variant=None,
+             trust_remote_code: bool = False) -> Adapter:
+        """Load the pipeline (at ``revision``) and, for two-stage families, its prior (default branch).
+
+        ``trust_remote_code=True`` lets diffusers import custom component code shipped in the repo.
+        """
         variant_kwargs = {"variant": variant} if variant else {}
         revision_kwargs = {"revision": revision} if revision else {}
         if class_name in cls.converted_classes:
             class_name = cls.pipeline_classes[0]
-        pipeline = _load(class_name, path, dtype, **cls.extra_load_kwargs(), **variant_kwargs, **revision_kwargs)
+        pipeline = _load(class_name, path, dtype, trust_remote_code, **cls.extra_load_kwargs(), **variant_kwargs,
+                         **revision_kwargs)
         prior = None
         if cls.prior_classes and prior_path is not None:
-            prior = _load(cls.prior_classes[0], prior_path, dtype, **variant_kwargs)
+            prior = _load(cls.prior_classes[0], prior_path, dtype, trust_remote_code, **variant_kwargs)
         return cls(pipeline, prior)
 
     @classmethod
@@ -261,15 +266,16 @@ def class_names(obj) -> tuple[str, ...]:
     return tuple(klass.__name__ for klass in type(obj).__mro__)
 
 
-def _load(class_name: str, path, dtype, **kwargs):
+def _load(class_name: str, path, dtype, trust_remote_code: bool, **kwargs):
     import diffusers
 
     pipeline_cls = getattr(diffusers, class_name)
     if dtype is not None:
         kwargs["dtype"] = dtype
     with quiet_progress_bars():
-        # Only the diffusers/transformers classes named in model_index.json: no code from the folder runs.
-        return pipeline_cls.from_pretrained(str(path), use_safetensors=True, trust_remote_code=False, **kwargs)
+        # Unless the caller opted in, only diffusers/transformers classes load: no code from the folder runs.
+        return pipeline_cls.from_pretrained(str(path), use_safetensors=True, trust_remote_code=trust_remote_code,
+                                            **kwargs)
 
 
 class _ClassView(Mapping):

@@ -247,16 +247,20 @@ class ImageVariation:
     # --- construction ------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, repo_or_path: str | os.PathLike, dtype=None, device=None, *, prior=None,
-                        revision: str | None = None, variant: str | None = None, **options) -> ImageVariation:
+                        revision: str | None = None, variant: str | None = None, trust_remote_code: bool = False,
+                        **options) -> ImageVariation:
         """Build the right pipeline from a Hub repo id or a local folder's ``model_index.json``.
 
-        Weights load as safetensors only, and no code from the repo runs (``trust_remote_code=False``).
+        Weights load as safetensors only, and no code from the repo runs unless
+        ``trust_remote_code=True`` (custom component classes shipped in the repo).
         Two-stage families take the prior's repo or folder as ``prior=``. ``options`` are
         ``ImageVariation``'s keyword arguments. Everything that can be checked without the
         weights (options, device, family, prior, speed preset) is checked before they load.
         """
         dtype = _resolve_dtype(dtype)
         device = _check_device(device)
+        if not isinstance(trust_remote_code, bool):
+            raise ValueError(f"trust_remote_code must be True or False, got {trust_remote_code!r}.")
         _check_generic_options(**{key: options[key] for key in _GENERIC_OPTIONS if key in options})
         class_name = _pipeline_class_name(repo_or_path, revision)
         adapter_cls = adapter_for((class_name,), source=f"{repo_or_path}/model_index.json")
@@ -267,7 +271,7 @@ class ImageVariation:
         adapter_cls.check_prior(class_name, prior_classes, prior)
         logger.info("Loading %s from %s", class_name, repo_or_path)
         adapter = adapter_cls.load(class_name, repo_or_path, prior_path=prior, dtype=dtype, revision=revision,
-                                   variant=variant)
+                                   variant=variant, trust_remote_code=trust_remote_code)
         return cls(adapter.pipeline, prior=adapter.prior, dtype=dtype, device=device, **options)
 
     @classmethod
@@ -290,7 +294,7 @@ class ImageVariation:
             if "eta" not in options:
                 merged.setdefault("eta", 1.0 if stochastic else 0.0)
         merged.setdefault("dtype", torch.float32)
-        return cls.from_pretrained(EMBEDDED_DIFFUSION_DIR, **merged)
+        return cls.from_pretrained(EMBEDDED_DIFFUSION_DIR, trust_remote_code=False, **merged)
 
     # --- validation --------------------------------------------------------------------
     def _validate(self) -> None:
