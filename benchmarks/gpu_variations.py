@@ -9,7 +9,7 @@ torch.compile's compilation) and then the timed images. One table, in this order
 
 1. paper loop: a torch DataLoader, 50 PNDM steps, one torch.Generator for the whole run (baseline);
 2. ImageVariation + Dataset.map, 50 PNDM steps, one generator per image (CPU work in series);
-3. generate_variations, 50 PNDM steps, overlap on (colour transfer, PNG encoding and the Arrow write
+3. generate_variations, 50 PNDM steps, overlap on (color transfer, PNG encoding and the Arrow write
    of batch k run while the GPU denoises batch k+1; target <= 1.03x the loop's time), and overlap off;
 4. the fast path, speed="fast" (DPM-Solver++ 15 steps, channels_last, torch.compile) through
    generate_variations (target >= 3x the loop's images/s), and the same without torch.compile;

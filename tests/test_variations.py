@@ -46,7 +46,7 @@ def load(name, **options):
 def random_image(seed, size=(32, 32), mode="RGB"):
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    # smooth blobs, so that colour statistics mean something
+    # smooth blobs, so that color statistics mean something
     pixels = np.asarray(Image.fromarray(pixels).resize((4, 4)).resize(size, Image.BICUBIC))
     return Image.fromarray(pixels).convert(mode)
 

@@ -26,7 +26,7 @@ EMBEDDED_VARIATION_DEFAULTS: dict = {
     "num_inference_steps": 20,
     # Fresh noise at every step (DDIM eta = 1): better trigger removal than deterministic DDIM.
     "stochastic": True,
-    # Matching the source's colour statistics copies a Blended trigger back (student ASR 1.0).
+    # Matching the source's color statistics copies a Blended trigger back (student ASR 1.0).
     "color_transfer": False,
     # Blended seed 0 / 4, student ASR: 1 variation 0.188 / -, 2: 0.090 / 0.112, 3: 0.025 / 0.084.
     "num_variations": 3,

@@ -4,7 +4,7 @@
 ``torch.Generator`` per image and returns one uint8 ``(H, W, 3)`` array per image.
 Each family (``families.py``) is an ``Adapter`` subclass registered in ``FAMILIES``;
 ``SUPPORTED_CLASSES``, ``PRIOR_CLASSES``, ``supported_list()`` and ``adapter_for`` are
-reads of that registry. ``ImageVariation`` only deals with datasets, seeds and colour.
+reads of that registry. ``ImageVariation`` only deals with datasets, seeds and color.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Colour transfer in CIE Lab (Reinhard et al. 2001), as the paper applies to every variation.
+"""Color transfer in CIE Lab (Reinhard et al. 2001), as the paper applies to every variation.
 
-Diffusion variations often drift in colour; matching the per-channel mean and standard
+Diffusion variations often drift in color; matching the per-channel mean and standard
 deviation of the source in Lab keeps the student's input distribution close to the
 teacher's. The sRGB <-> Lab conversion (D65 white) is written out here in numpy so that
 no image library's rounding or gamut handling is involved.
@@ -40,7 +40,7 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
 
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    """Lab -> sRGB float64 in 0..1 (out-of-gamut colours are clipped)."""
+    """Lab -> sRGB float64 in 0..1 (out-of-gamut colors are clipped)."""
     lab = np.asarray(lab, dtype=np.float64)
     fy = (lab[..., 0] + 16.0) / 116.0
     f = np.stack([fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0], axis=-1)
