@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from .images import load_rgb
+from .validation import check_choice, check_fraction, check_image_column, check_number, check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +117,15 @@ class ImageClassificationTransform:
         _check_processor(image_processor, "image_processor")
         if teacher_image_processor is not None:
             _check_processor(teacher_image_processor, "teacher_image_processor")
-        if not 0.0 <= flip_probability <= 1.0:
-            raise ValueError(f"flip_probability must lie in [0, 1], got {flip_probability!r}.")
-        if not 0.0 <= crop_padding < 1.0:
-            raise ValueError(f"crop_padding is a fraction of the image side in [0, 1), got {crop_padding!r}.")
-        if padding_mode not in ("constant", "reflect"):
-            raise ValueError(f"padding_mode must be 'constant' or 'reflect', got {padding_mode!r}.")
+        flip_probability = check_fraction("flip_probability", flip_probability)
+        # a fraction of the image side: padding by the whole side or more would leave no image in the crop
+        crop_padding = check_number("crop_padding", crop_padding, 0.0, 1.0, high_inclusive=False)
+        check_choice("padding_mode", padding_mode, ("constant", "reflect"))
+        if seed is not None:
+            check_seed("seed", seed)
+        for option, column in (("image_column", image_column), ("label_column", label_column)):
+            if not isinstance(column, str) or not column:
+                raise ValueError(f"{option} must be a non-empty column name, got {column!r}.")
         self.image_processor = image_processor
         self.teacher_image_processor = (
             None if processors_match(image_processor, teacher_image_processor) else teacher_image_processor
@@ -129,8 +133,8 @@ class ImageClassificationTransform:
         self.augment = bool(augment)
         self.image_column = image_column
         self.label_column = label_column
-        self.flip_probability = float(flip_probability)
-        self.crop_padding = float(crop_padding)
+        self.flip_probability = flip_probability
+        self.crop_padding = crop_padding
         self.padding_mode = padding_mode
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -234,8 +238,6 @@ def prepare_image_dataset(
     key by key. Datasets with a ``teacher_logits`` cache get no teacher pixels.
     """
     from datasets import Dataset
-
-    from .validation import check_image_column
 
     if dataset is None:
         return None

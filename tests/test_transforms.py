@@ -1,5 +1,7 @@
 """ImageClassificationTransform / ImageClassificationCollator: exact pixels, augmentation, errors."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -117,7 +119,12 @@ def test_collator_rejects_raw_rows():
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"flip_probability": 1.5}, "flip_probability"), ({"crop_padding": -0.1}, "crop_padding"),
-     ({"crop_padding": 1.0}, "crop_padding"), ({"padding_mode": "wrap"}, "padding_mode")],
+     ({"crop_padding": 1.0}, "crop_padding"), ({"padding_mode": "wrap"}, "padding_mode"),
+     ({"flip_probability": math.nan}, "flip_probability"), ({"flip_probability": True}, "flip_probability"),
+     ({"flip_probability": "0.5"}, "flip_probability"), ({"crop_padding": math.inf}, "crop_padding"),
+     ({"crop_padding": math.nan}, "crop_padding"), ({"crop_padding": "0.1"}, "crop_padding"),
+     ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"), ({"image_column": ""}, "image_column"),
+     ({"label_column": None}, "label_column")],
 )
 def test_bad_options_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):
