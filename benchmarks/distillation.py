@@ -46,8 +46,8 @@ from hf_backdoor_guard import (  # noqa: E402
     DistillationTrainer,
     DistillationTrainingArguments,
     precompute_teacher_logits,
-    train_classifier,
 )
+from hf_backdoor_guard.training import build_classifier_trainer  # noqa: E402
 
 NUM_LABELS = 10
 
@@ -86,7 +86,7 @@ def timed(fn) -> tuple[float, float]:
 def time_plain(ds, batch_size, epochs, tmp) -> tuple[float, float]:
     student, processor = build_student()
     args = TrainingArguments(**common(tmp, batch_size, epochs), remove_unused_columns=False)
-    trainer = train_classifier(student, ds, args, processor, augment=False, train=False)
+    trainer = build_classifier_trainer(student, ds, args, processor, augment=False)
     trainer.remove_callback(PrinterCallback)
     return timed(trainer.train)
 

@@ -21,7 +21,7 @@ Two ways to get the teacher's logits:
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,9 +30,16 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
+from .checkpoints import CheckpointReloadMixin
 from .loading import load_image_classifier
-from .training import CheckpointReloadMixin, RawImageDatasetMixin, bind_backdoor_callbacks
-
+from .teacher_logits import precompute_teacher_logits
+from .training import (
+    RawImageDatasetMixin,
+    bind_backdoor_callbacks,
+    check_num_labels,
+    check_training_arguments,
+    dataset_num_classes,
+)
 from .transforms import (
     TEACHER_LOGITS,
     TEACHER_PIXELS,
@@ -42,6 +49,7 @@ from .transforms import (
     prepare_image_dataset,
     processors_match,
 )
+from .validation import check_fraction, check_number
 
 logger = logging.getLogger(__name__)
 
@@ -127,23 +135,81 @@ class DistillationTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha!r}.")
-        if (
-            isinstance(self.temperature, bool)
-            or not isinstance(self.temperature, (int, float))
-            or not self.temperature > 0
-        ):
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}.")
-        if not self.image_column:
-            raise ValueError("image_column must be a non-empty column name.")
-        if not self.label_column:
-            raise ValueError("label_column must be a non-empty column name.")
+        self.alpha = check_fraction("alpha", self.alpha)
+        # temperature=inf used to train to NaN weights (T^2 * KL = inf * 0) while the logged loss read 0.0
+        self.temperature = check_number("temperature", self.temperature, 0.0, None, low_inclusive=False)
+        for option in ("image_column", "label_column"):
+            if not isinstance(getattr(self, option), str) or not getattr(self, option):
+                raise ValueError(f"{option} must be a non-empty column name, got {getattr(self, option)!r}.")
         super().__post_init__()
+        check_training_arguments(self)  # learning_rate, max_grad_norm, ...: no NaN or infinity either
 
 
 def _has_cache(dataset: Any) -> bool:
     return dataset is not None and TEACHER_LOGITS in (getattr(dataset, "column_names", None) or [])
+
+
+def _cache_width(dataset: Any) -> int | None:
+    """Logits per row of a ``teacher_logits`` column, or None without one."""
+    if not _has_cache(dataset):
+        return None
+    length = getattr(dataset.features[TEACHER_LOGITS], "length", -1)
+    if isinstance(length, int) and length >= 0:
+        return length
+    first = dataset.with_format(None).select_columns([TEACHER_LOGITS])[0][TEACHER_LOGITS]
+    return len(first)
+
+
+def _check_label_sets(student, teacher, datasets: dict, label_column: str) -> None:
+    """Student, teacher, label column and logit cache agree on the classes, before any training.
+
+    A label beyond the student's outputs would stop training with an IndexError mid-epoch.
+    """
+    student_labels = getattr(getattr(student, "config", None), "num_labels", None)
+    teacher_labels = getattr(getattr(teacher, "config", None), "num_labels", None)
+    if student_labels is not None and teacher_labels is not None and student_labels != teacher_labels:
+        raise ValueError(
+            f"teacher_model has num_labels={teacher_labels} but the student has num_labels={student_labels}: "
+            "distillation compares their outputs class by class, so both need the same label set."
+        )
+    role = "student" if teacher is None else "student and the teacher"
+    for name, dataset in datasets.items():
+        named = dataset.items() if isinstance(dataset, dict) else [(None, dataset)]
+        for key, part in named:
+            where = name if key is None else f"{name}['{key}']"
+            check_num_labels(student, dataset_num_classes(part, label_column), label_column, where, role)
+            width = _cache_width(part)
+            if width is not None and student_labels is not None and width != student_labels:
+                raise ValueError(
+                    f"Column '{TEACHER_LOGITS}' of {where} holds {width} logits per row but the student has "
+                    f"num_labels={student_labels}: recompute it with precompute_teacher_logits() and a teacher "
+                    "of the student's label set."
+                )
+
+
+def teacher_deepspeed_config(config: dict, teacher: Any) -> dict:
+    """The DeepSpeed config for the frozen teacher, derived from the training run's.
+
+    ZeRO-3 shards the teacher's weights like the student's (bucket sizes that depend on
+    the model are set from the teacher's width, as ``"auto"`` is only resolved for the
+    student). ZeRO-1/2 shard optimizer states and gradients, which a frozen teacher does
+    not have: it then runs as a plain replica (stage 0). Optimizer and scheduler sections
+    are dropped, since the teacher is never trained.
+    """
+    config = copy.deepcopy(config)
+    config.pop("optimizer", None)
+    config.pop("scheduler", None)
+    zero = config.setdefault("zero_optimization", {})
+    if zero.get("stage") != 3:
+        zero["stage"] = 0
+        return config
+    sizes = getattr(teacher.config, "hidden_sizes", None)
+    width = max(sizes) if sizes else getattr(teacher.config, "hidden_size", None)
+    if width:
+        zero["reduce_bucket_size"] = width * width
+        zero["stage3_param_persistence_threshold"] = 10 * width
+        zero["stage3_prefetch_bucket_size"] = int(0.9 * width * width)
+    return config
 
 
 class DistillationTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
@@ -152,9 +218,11 @@ class DistillationTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
     Args:
         model: the student, a model object or a name/path loaded with
             ``AutoModelForImageClassification`` (safetensors only).
-        teacher_model: the teacher, same forms. It is put in eval mode, frozen and moved
-            to the student's device. May be ``None`` when every dataset carries a
-            ``teacher_logits`` cache, or when ``alpha == 0``.
+        teacher_model: the teacher, same forms. It is put in eval mode, frozen and prepared
+            by the accelerator for inference, as trl's distillation trainers do: on the
+            student's device, sharded under DeepSpeed ZeRO-3 and FSDP, never wrapped in DDP.
+            May be ``None`` when every dataset carries a ``teacher_logits`` cache, or when
+            ``alpha == 0``.
         args: :class:`DistillationTrainingArguments`.
         data_collator: defaults to :class:`ImageClassificationCollator`.
         train_dataset, eval_dataset: either raw datasets with an image and a label column
@@ -169,9 +237,14 @@ class DistillationTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
 
     Everything else goes to ``transformers.Trainer``. Beyond ``compute_loss`` (and, for
     unlabelled evaluation, ``prediction_step``) it differs only in that ``evaluate`` and
-    ``predict`` accept raw image datasets too, and that checkpoints are reloaded through
-    ``from_pretrained`` (see :class:`~hf_backdoor_guard.training.CheckpointReloadMixin`).
+    ``predict`` accept raw image datasets too, and that checkpoints are handled by
+    :class:`~hf_backdoor_guard.checkpoints.CheckpointReloadMixin` (``resume_from_checkpoint=True``
+    takes the newest *complete* checkpoint; weights reload through ``from_pretrained``).
     The teacher is not part of checkpoints: pass it again when resuming.
+
+    Checked before any work: the arguments (no NaN or infinite option), that student,
+    teacher, the label column of every dataset and any ``teacher_logits`` cache agree on
+    the number of classes, and that a cache is not combined with random augmentation.
     """
 
     # compute_loss returns a per-batch mean, so the Trainer must divide it by the number
@@ -215,14 +288,8 @@ class DistillationTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
                         f"teacher_model is None and {name} has no '{TEACHER_LOGITS}' column: pass teacher_model= "
                         "or add the cache with precompute_teacher_logits()."
                     )
-        if teacher_model is not None:
-            student_labels = getattr(model.config, "num_labels", None)
-            teacher_labels = getattr(teacher_model.config, "num_labels", None)
-            if student_labels is not None and teacher_labels is not None and student_labels != teacher_labels:
-                raise ValueError(
-                    f"teacher_model has {teacher_labels} labels but the student has {student_labels}; "
-                    "distillation needs the same label set."
-                )
+        _check_label_sets(model, teacher_model, {"train_dataset": train_dataset, "eval_dataset": eval_dataset},
+                          args.label_column)
         if teacher_processing_class is not None and processors_match(processing_class, teacher_processing_class):
             teacher_processing_class = None
 
@@ -250,33 +317,59 @@ class DistillationTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
         # Our loss ignores num_items_in_batch; skip the Trainer counting (and all-gathering) labels for it.
         self.model_accepts_loss_kwargs = False
 
-        self.teacher = teacher_model
         self.teacher_processing_class = teacher_processing_class
         self.image_column, self.label_column = args.image_column, args.label_column
-        if self.teacher is not None:
-            self.teacher.eval()
-            self.teacher.requires_grad_(False)
-            # The Trainer put the student on args.device, unless it is spread over devices itself.
-            device = self.args.device if self.place_model_on_device else next(self.model.parameters()).device
-            self.teacher.to(device)
+        self.teacher = None if teacher_model is None else self._prepare_teacher(teacher_model)
 
         bind_backdoor_callbacks(self)
 
+    def _prepare_teacher(self, teacher):
+        """The frozen teacher, prepared by the accelerator for inference, as trl's distillation trainers do.
+
+        Under DeepSpeed ZeRO-3 and FSDP it is sharded like the student, so no device holds
+        a full copy; otherwise it is placed on the student's device (and wrapped for mixed
+        precision) without a DDP wrapper, since it is never trained.
+        """
+        # Frozen before any wrapping: DDP/FSDP then see no trainable weights, and FSDP does not
+        # upcast them to float32 for an optimizer that never comes.
+        teacher.eval()
+        teacher.requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            import deepspeed
+
+            config = teacher_deepspeed_config(self.accelerator.state.deepspeed_plugin.deepspeed_config, teacher)
+            engine, *_ = deepspeed.initialize(model=teacher, config=config)
+            return engine.eval()
+        if self.is_fsdp_enabled:
+            from accelerate.utils import fsdp2_prepare_model
+
+            if self.accelerator.is_fsdp2:
+                return fsdp2_prepare_model(self.accelerator, teacher).eval()
+            # FSDP1: prepare_model wraps in FullyShardedDataParallel only outside evaluation mode.
+            return self.accelerator.prepare_model(teacher).eval()
+        if not self.place_model_on_device:
+            # The student is spread over devices by its own device_map: keep the teacher beside its first part.
+            teacher.to(next(self.model.parameters()).device)
+            return self.accelerator.prepare_model(teacher, device_placement=False, evaluation_mode=True)
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
     @staticmethod
     def _check_cache_and_augmentation(train_dataset: Any, args: DistillationTrainingArguments) -> None:
+        """The one check of the rule "a teacher_logits cache needs training without random augmentation"."""
         if not _has_cache(train_dataset):
             return
         transform = dataset_transform(train_dataset)
         if transform is None and args.augment:
+            augmenting = "DistillationTrainingArguments has augment=True"
+        elif isinstance(transform, ImageClassificationTransform) and transform.augment:
+            augmenting = "its ImageClassificationTransform has augment=True"
+        else:
+            augmenting = None
+        if augmenting:
             raise ValueError(
-                f"train_dataset has a '{TEACHER_LOGITS}' cache but augment=True: cached logits belong to the "
-                "unaugmented images, so a random crop/flip would pair them with other pixels. Set augment=False, "
-                "or drop the column to run the teacher online."
-            )
-        if isinstance(transform, ImageClassificationTransform) and transform.augment:
-            raise ValueError(
-                f"train_dataset has a '{TEACHER_LOGITS}' cache but its ImageClassificationTransform has augment=True; "
-                "cached logits are only valid without random augmentation."
+                f"train_dataset has a '{TEACHER_LOGITS}' cache but {augmenting}: cached logits belong to the "
+                "unaugmented images, so a random crop or flip would pair them with other pixels. Train with "
+                f"augment=False, or drop the '{TEACHER_LOGITS}' column to run the teacher online."
             )
         if transform is not None and not isinstance(transform, ImageClassificationTransform):
             logger.warning(
@@ -324,97 +417,8 @@ class DistillationTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
 
-class _TeacherLogits:
-    """Map function: teacher logits for a batch of images, preprocessed as in unaugmented training."""
-
-    def __init__(self, teacher, image_processor, image_column: str, column: str):
-        self.teacher = teacher
-        self.column = column
-        self.transform = ImageClassificationTransform(image_processor, augment=False, image_column=image_column)
-
-    @torch.no_grad()
-    def __call__(self, batch: dict) -> dict:
-        parameter = next(self.teacher.parameters())
-        pixels = self.transform(batch)["pixel_values"].to(parameter.device, parameter.dtype)
-        logits = self.teacher(pixel_values=pixels).logits.float().cpu()
-        return {self.column: logits.numpy()}
-
-
-def _weights_digest(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def precompute_teacher_logits(
-    teacher: Any,
-    ds,
-    image_processor: Any = None,
-    batch_size: int = 64,
-    image_column: str = "image",
-    *,
-    column: str = TEACHER_LOGITS,
-    device: str | torch.device | None = None,
-    num_proc: int | None = None,
-):
-    """Return a copy of ``ds`` with a ``teacher_logits`` column (float32, one row per image).
-
-    The images go through ``image_processor`` exactly as :class:`DistillationTrainer`
-    feeds an online teacher with ``augment=False``, so cached and online training give
-    the same loss. The cache is **only valid without random augmentation**: train with
-    ``DistillationTrainingArguments(augment=False)``.
-
-    Args:
-        teacher: model object or name/path (safetensors). Run in eval mode, no gradients.
-        ds: a ``datasets.Dataset`` with ``image_column``; it is not modified.
-        image_processor: the teacher's processor; loaded from the teacher's folder when
-            the teacher is given as a path.
-        batch_size: images per teacher forward pass.
-        column: name of the new column; an existing column is never overwritten.
-        device: where to run the teacher (default: where it already is).
-    """
-    from datasets import Features, List, Value
-    from datasets.fingerprint import Hasher
-
-    from .validation import check_image_column, check_int
-
-    check_image_column(ds, image_column)
-    if ds.format["type"] is not None:
-        raise ValueError(
-            f"The dataset has format {ds.format['type']!r} (e.g. a with_transform); compute the cache on the raw "
-            "dataset and apply transforms afterwards (DistillationTrainer prepares raw datasets itself)."
-        )
-    if column in ds.column_names:
-        raise ValueError(f"Column '{column}' already exists in the dataset; pass column=... or remove it first.")
-    check_int("batch_size", batch_size)
-    if isinstance(teacher, str):
-        teacher, saved_processor = load_image_classifier(teacher, "teacher")
-        image_processor = image_processor or saved_processor
-    if image_processor is None:
-        raise ValueError("image_processor is required: pass the teacher's image processor.")
-    if device is not None:
-        teacher = teacher.to(device)
-    was_training = teacher.training
-    teacher.eval()
-    num_labels = int(teacher.config.num_labels)
-    features = Features({**ds.features, column: List(Value("float32"), length=num_labels)})
-    # The fingerprint names exactly what the logits depend on, so datasets' cache (for
-    # file-backed datasets) is reused only for the same data, teacher weights and processor.
-    fingerprint = Hasher.hash(
-        (ds._fingerprint, column, image_column, type(teacher).__name__, _weights_digest(teacher),
-         sorted(image_processor.to_dict().items(), key=lambda kv: kv[0]).__repr__())
-    )
-    try:
-        return ds.map(
-            _TeacherLogits(teacher, image_processor, image_column, column),
-            batched=True,
-            batch_size=batch_size,
-            features=features,
-            new_fingerprint=fingerprint,
-            num_proc=num_proc,
-            desc="Teacher logits",
-        )
-    finally:
-        teacher.train(was_training)
+# precompute_teacher_logits lives in teacher_logits.py; it is part of this module's API too.
+__all__ = [
+    "distillation_loss", "DistillationTrainingArguments", "DistillationTrainer", "precompute_teacher_logits",
+    "teacher_deepspeed_config",
+]

@@ -1,58 +1,69 @@
-"""Plain classifier training (the teacher, or any baseline) and backdoor metrics during training."""
+"""Plain classifier training (the teacher, or any baseline), backdoor metrics and a MultiStep LR schedule.
+
+* :func:`build_classifier_trainer` / :func:`train_classifier`: the plain ``Trainer`` with
+  this project's image transforms, checks and checkpoint handling;
+* :class:`BackdoorMetricsCallback`: C-Acc, ASR and R-Acc at every evaluation;
+* :class:`MultiStepLRCallback`: step decay of the learning rate at given epochs;
+* :func:`check_training_arguments` and :func:`check_num_labels`: the checks every trainer
+  here runs before training starts.
+"""
 
 from __future__ import annotations
 
+import bisect
 import copy
+import dataclasses
 import logging
-import os
+import math
+import warnings
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .checkpoints import CheckpointReloadMixin
 from .transforms import ImageClassificationCollator, prepare_image_dataset
-from .validation import check_dataset, check_int, check_target_label
+from .validation import check_dataset, check_int, check_label_column, check_number, check_target_label
 
 logger = logging.getLogger(__name__)
 
 
-class CheckpointReloadMixin:
-    """Reload checkpoints through ``from_pretrained`` so renamed weights are converted.
+def check_training_arguments(args: TrainingArguments) -> None:
+    """Refuse NaN and infinity in every float option of ``args`` (learning_rate, max_grad_norm, ...).
 
-    transformers 5 renames some models' parameters in memory (ViT: ``vit.encoder.layer.N``
-    became ``vit.layers.N``) and converts back to the old names in ``save_pretrained``,
-    but ``Trainer`` reloads checkpoints (``resume_from_checkpoint``,
-    ``load_best_model_at_end``) with a raw, non-strict ``load_state_dict``: every renamed
-    weight is silently skipped and training resumes from the initial weights. Loading
-    the checkpoint with ``from_pretrained`` applies the conversion; the weights are then
-    copied strictly. DeepSpeed, FSDP, PEFT and SageMaker keep the Trainer's own path.
+    transformers accepts them, and training then runs to NaN weights without an error.
     """
+    for option in dataclasses.fields(args):
+        value = getattr(args, option.name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            check_number(option.name, value)  # raises, naming the option
 
-    def _reload_plain_checkpoint(self, folder: str | None, model=None) -> bool:
-        from transformers import PreTrainedModel
 
-        if not folder or self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return False
-        if not any(os.path.isfile(os.path.join(folder, name))
-                   for name in ("model.safetensors", "model.safetensors.index.json")):
-            return False
-        target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if not isinstance(target, PreTrainedModel) or hasattr(target, "peft_config"):
-            return False
-        logger.info("Loading model weights from %s", folder)
-        loaded = type(target).from_pretrained(
-            folder, config=target.config, use_safetensors=True, trust_remote_code=False
-        )
-        target.load_state_dict(loaded.state_dict(), strict=True)
-        return True
+def dataset_num_classes(dataset: Any, label_column: str) -> int | None:
+    """Classes of ``label_column`` (``ClassLabel`` size, else max + 1), or None when it cannot be told.
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        if not self._reload_plain_checkpoint(resume_from_checkpoint, model):
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
+    Works on raw datasets and on views with a transform (read without the transform).
+    """
+    from datasets import Dataset
 
-    def _load_best_model(self):
-        if not self._reload_plain_checkpoint(self.state.best_model_checkpoint):
-            super()._load_best_model()
+    if not isinstance(dataset, Dataset) or label_column not in dataset.column_names:
+        return None
+    if dataset.format["type"] is not None:
+        dataset = dataset.with_format(None)
+    return check_label_column(dataset, label_column)
+
+
+def check_num_labels(model: Any, num_classes: int | None, label_column: str, dataset_name: str,
+                     role: str = "model") -> None:
+    """The model has an output for every class of the dataset's label column."""
+    model_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if num_classes is None or model_labels is None or num_classes <= model_labels:
+        return
+    raise ValueError(
+        f"Column '{label_column}' of {dataset_name} has {num_classes} classes but num_labels={model_labels} for "
+        f"the {role}: build the {role} with num_labels={num_classes}, or map the labels of '{label_column}' to "
+        f"0..{model_labels - 1}."
+    )
 
 
 class RawImageDatasetMixin:
@@ -84,8 +95,9 @@ class RawImageDatasetMixin:
 
 
 class ImageClassifierTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
-    """The plain ``Trainer`` with checkpoint reloading that converts renamed weights,
-    and ``evaluate``/``predict`` that accept raw image datasets."""
+    """The plain ``Trainer``, resuming only from complete checkpoints and reloading renamed
+    weights (see :class:`~hf_backdoor_guard.checkpoints.CheckpointReloadMixin`), with
+    ``evaluate``/``predict`` that accept raw image datasets."""
 
 
 class BackdoorMetricsCallback(TrainerCallback):
@@ -202,6 +214,149 @@ def bind_backdoor_callbacks(trainer: Trainer) -> None:
             callback.bind(trainer)
 
 
+# --------------------------------------------------------------------------------------
+# MultiStep learning-rate schedule
+# --------------------------------------------------------------------------------------
+def check_milestones(milestones, gamma, *, milestones_name: str = "milestones",
+                     gamma_name: str = "gamma") -> tuple[list[float], float]:
+    """The MultiStep schedule's options, checked: positive, finite, non-decreasing epochs and a
+    factor in (0, 1]. Returns them as floats. ``*_name`` is the option named in errors."""
+    if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__len__") or len(milestones) == 0:
+        raise ValueError(f"{milestones_name} must be a non-empty list of epochs, got {milestones!r}.")
+    epochs = [check_number(f"{milestones_name}[{i}]", m, 0.0, None, low_inclusive=False)
+              for i, m in enumerate(milestones)]
+    if epochs != sorted(epochs):
+        raise ValueError(f"{milestones_name} must be increasing epochs, got {list(milestones)!r}.")
+    return epochs, check_number(gamma_name, gamma, 0.0, 1.0, low_inclusive=False)
+
+
+class MultiStepFactor:
+    """``gamma ** (number of milestones reached)`` at an optimizer step; a picklable LambdaLR function."""
+
+    def __init__(self, milestone_steps: list[int], gamma: float):
+        self.milestone_steps = list(milestone_steps)
+        self.gamma = gamma
+
+    def __call__(self, step: int) -> float:
+        return self.gamma ** bisect.bisect_right(self.milestone_steps, step)
+
+
+class MultiStepLRCallback(TrainerCallback):
+    """Multiply the learning rate by ``gamma`` at each of ``milestones`` (in epochs).
+
+    ``transformers`` has no MultiStep scheduler name, so this turns the trainer's
+    ``constant`` schedule (a ``LambdaLR`` with factor 1) into step decay when training
+    starts: the schedule's factor function is replaced, nothing else. Milestones become
+    optimizer steps with the real number of update steps per epoch (after sharding
+    across processes and gradient accumulation). Resumed runs keep the step count, so
+    the decay continues where it stopped. Works with any ``Trainer``
+    (``train_classifier``, ``DistillationTrainer``) through ``callbacks=``.
+
+    Args:
+        milestones: epochs (may be fractional) at which the rate is multiplied by ``gamma``;
+            positive and non-decreasing.
+        gamma: the factor, in (0, 1].
+    """
+
+    def __init__(self, milestones: list[float], gamma: float = 0.1):
+        self.milestones, self.gamma = check_milestones(milestones, gamma)
+        self.milestone_steps: list[int] | None = None
+
+    @staticmethod
+    def check_args(args) -> None:
+        """The schedule it modifies must be the plain constant one, without warmup."""
+        kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+        if kind != "constant":
+            raise ValueError(
+                f"lr_milestones needs lr_scheduler_type=constant (got {kind!r}): the milestones replace the schedule."
+            )
+        if args.warmup_steps or getattr(args, "warmup_ratio", 0):
+            raise ValueError("lr_milestones does not combine with warmup; set warmup_steps to 0.")
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, train_dataloader=None, **kwargs):
+        from torch.optim.lr_scheduler import LambdaLR
+
+        self.check_args(args)
+        lr_scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's AcceleratedScheduler wraps it
+        if not isinstance(lr_scheduler, LambdaLR):
+            raise ValueError(f"MultiStepLRCallback needs the trainer's LambdaLR schedule, got {type(lr_scheduler)}.")
+        if train_dataloader is not None and hasattr(train_dataloader, "__len__"):
+            steps_per_epoch = max(1, math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
+        else:  # max_steps training on an iterable dataset: fall back to the trainer's estimate
+            steps_per_epoch = max(1, round(state.max_steps / max(state.num_train_epochs, 1)))
+        self.milestone_steps = [int(round(m * steps_per_epoch)) for m in self.milestones]
+        factor = MultiStepFactor(self.milestone_steps, self.gamma)
+        lr_scheduler.lr_lambdas = [factor] * len(lr_scheduler.optimizer.param_groups)
+        logger.info("MultiStep learning rate: x%g at epochs %s (optimizer steps %s, %d per epoch)", self.gamma,
+                    self.milestones, self.milestone_steps, steps_per_epoch)
+
+
+# --------------------------------------------------------------------------------------
+# Plain classifier training
+# --------------------------------------------------------------------------------------
+def build_classifier_trainer(
+    model,
+    train_ds,
+    args: TrainingArguments,
+    image_processor: Any = None,
+    eval_dataset=None,
+    augment: bool = True,
+    callbacks: list | None = None,
+    *,
+    compute_metrics=None,
+    image_column: str = "image",
+    label_column: str = "label",
+    trainer_class: type | None = None,
+    **trainer_options: Any,
+) -> ImageClassifierTrainer:
+    """The :class:`ImageClassifierTrainer` that :func:`train_classifier` trains, set up but not trained.
+
+    Use it to add callbacks or call ``trainer.train(...)`` yourself. Everything is checked
+    here, before any work: the columns, the model's ``num_labels`` against the classes,
+    and the float options of ``args``. See :func:`train_classifier` for the arguments.
+
+    ``trainer_class`` (a subclass of :class:`ImageClassifierTrainer`, e.g. one with its own
+    ``compute_loss``) is built instead, with ``trainer_options`` as extra constructor arguments.
+    """
+    trainer_class = ImageClassifierTrainer if trainer_class is None else trainer_class
+    if not (isinstance(trainer_class, type) and issubclass(trainer_class, ImageClassifierTrainer)):
+        raise ValueError(f"trainer_class must be a subclass of ImageClassifierTrainer, got {trainer_class!r}.")
+    if not isinstance(args, TrainingArguments):
+        raise ValueError(f"args must be transformers.TrainingArguments, got {type(args).__name__}.")
+    check_training_arguments(args)
+    num_classes = check_dataset(train_ds, image_column, label_column)
+    check_num_labels(model, num_classes, label_column, "train_ds")
+    datasets = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval_dataset", eval_dataset)]
+    for name, dataset in datasets:
+        if dataset is not None:
+            check_num_labels(model, check_dataset(dataset, image_column, label_column), label_column, name)
+    if args.remove_unused_columns:
+        args = copy.copy(args)
+        args.remove_unused_columns = False
+    train_view = prepare_image_dataset(
+        train_ds, image_processor, augment=augment, image_column=image_column, label_column=label_column,
+        name="train_ds",
+    )
+    eval_view = prepare_image_dataset(
+        eval_dataset, image_processor, augment=False, image_column=image_column, label_column=label_column,
+        name="eval_dataset",
+    )
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        data_collator=ImageClassificationCollator(),
+        train_dataset=train_view,
+        eval_dataset=eval_view,
+        processing_class=image_processor,
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        **trainer_options,
+    )
+    trainer.image_column, trainer.label_column = image_column, label_column
+    bind_backdoor_callbacks(trainer)
+    return trainer
+
+
 def train_classifier(
     model,
     train_ds,
@@ -215,59 +370,38 @@ def train_classifier(
     image_column: str = "image",
     label_column: str = "label",
     resume_from_checkpoint: str | bool | None = None,
-    train: bool = True,
-) -> Trainer:
+    train: bool | None = None,
+) -> ImageClassifierTrainer:
     """Train ``model`` on ``train_ds`` with the plain ``transformers.Trainer`` and return the trainer.
 
     Used for the teacher (on the possibly poisoned data) and for baselines. Images go
     through :class:`ImageClassificationTransform` (random flip and crop with padding
     when ``augment``, then ``image_processor``); evaluation data is never augmented.
 
-    Returns the trainer (an :class:`ImageClassifierTrainer`, i.e. a ``Trainer`` whose
-    checkpoint reloading handles renamed weights) after training, not the model: it carries the trained
-    model (``trainer.model``), the log history (``trainer.state.log_history``) and
-    ``evaluate`` / ``save_model``. Pass ``train=False`` to get it set up but untrained.
+    Returns the trainer (an :class:`ImageClassifierTrainer`) after training, not the
+    model: it carries the trained model (``trainer.model``), the log history
+    (``trainer.state.log_history``) and ``evaluate`` / ``save_model``. For the trainer
+    set up but untrained, call :func:`build_classifier_trainer` instead.
+
+    ``resume_from_checkpoint``: a checkpoint folder, or ``True`` for the newest complete
+    checkpoint in ``args.output_dir`` (half-written ones, from a kill while saving, are
+    skipped with a warning).
 
     ``args`` is not modified; if it has ``remove_unused_columns=True`` (the
     ``TrainingArguments`` default) a copy with ``False`` is used, since the raw image
     column must reach the transform. ``callbacks`` may include a
     :class:`BackdoorMetricsCallback`, which is bound to the trainer.
+
+    ``train=False`` is deprecated: it returns :func:`build_classifier_trainer`'s result.
     """
-    if not isinstance(args, TrainingArguments):
-        raise ValueError(f"args must be transformers.TrainingArguments, got {type(args).__name__}.")
-    num_classes = check_dataset(train_ds, image_column, label_column)
-    model_labels = getattr(getattr(model, "config", None), "num_labels", None)
-    if num_classes is not None and model_labels is not None and num_classes > model_labels:
-        raise ValueError(
-            f"Column '{label_column}' has {num_classes} classes but the model has num_labels={model_labels}."
-        )
-    datasets = eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset]
-    for dataset in datasets:
-        if dataset is not None:
-            check_dataset(dataset, image_column, label_column)
-    if args.remove_unused_columns:
-        args = copy.copy(args)
-        args.remove_unused_columns = False
-    train_view = prepare_image_dataset(
-        train_ds, image_processor, augment=augment, image_column=image_column, label_column=label_column,
-        name="train_ds",
+    trainer = build_classifier_trainer(
+        model, train_ds, args, image_processor, eval_dataset, augment, callbacks, compute_metrics=compute_metrics,
+        image_column=image_column, label_column=label_column,
     )
-    eval_view = prepare_image_dataset(
-        eval_dataset, image_processor, augment=False, image_column=image_column, label_column=label_column,
-        name="eval_dataset",
-    )
-    trainer = ImageClassifierTrainer(
-        model=model,
-        args=args,
-        data_collator=ImageClassificationCollator(),
-        train_dataset=train_view,
-        eval_dataset=eval_view,
-        processing_class=image_processor,
-        compute_metrics=compute_metrics,
-        callbacks=callbacks,
-    )
-    trainer.image_column, trainer.label_column = image_column, label_column
-    bind_backdoor_callbacks(trainer)
-    if train:
-        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    if train is not None:
+        warnings.warn("train_classifier(train=...) is deprecated: call build_classifier_trainer(...) for an "
+                      "untrained trainer, train_classifier(...) to train.", FutureWarning, stacklevel=2)
+        if not train:
+            return trainer
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer

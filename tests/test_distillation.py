@@ -1,5 +1,6 @@
 """DistillationTrainer, DistillationTrainingArguments and the teacher-logit cache, on tiny models."""
 
+import copy
 import math
 
 import numpy as np
@@ -7,15 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from accelerate.utils import is_bf16_available
+from datasets import Value
 from tiny_classifiers import random_image_dataset, tiny_convnext, tiny_resnet, tiny_vit
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
 
 from hf_backdoor_guard import (
     DistillationTrainer,
     DistillationTrainingArguments,
+    ImageClassificationTransform,
     precompute_teacher_logits,
 )
-from hf_backdoor_guard.distillation import distillation_loss
+from hf_backdoor_guard.distillation import distillation_loss, teacher_deepspeed_config
 
 
 def make_args(tmp_path, **overrides):
@@ -54,7 +57,12 @@ def test_arguments_defaults_help_and_parsing(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, name",
     [({"alpha": 1.5}, "alpha"), ({"alpha": -0.1}, "alpha"), ({"temperature": 0}, "temperature"),
-     ({"temperature": -2.0}, "temperature"), ({"image_column": ""}, "image_column")],
+     ({"temperature": -2.0}, "temperature"), ({"image_column": ""}, "image_column"),
+     # NaN and infinity: temperature=inf used to train to all-NaN weights with a reported loss of 0.0
+     ({"temperature": math.inf}, "temperature"), ({"temperature": math.nan}, "temperature"),
+     ({"alpha": math.nan}, "alpha"), ({"alpha": True}, "alpha"), ({"temperature": "10"}, "temperature"),
+     ({"learning_rate": math.nan}, "learning_rate"), ({"max_grad_norm": math.inf}, "max_grad_norm"),
+     ({"weight_decay": -math.inf}, "weight_decay"), ({"label_column": None}, "label_column")],
 )
 def test_bad_arguments_name_the_option(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -289,6 +297,90 @@ def test_bad_setup_is_refused(tmp_path):
     with pytest.raises(ValueError, match="image processor"):
         DistillationTrainer(model=student, teacher_model=tiny_vit(seed=1)[0], args=make_args(tmp_path),
                             train_dataset=ds)
+
+
+def _relabelled(ds, num_classes, label=None):
+    """``ds`` with a ClassLabel of ``num_classes`` classes (and every label set to ``label`` if given)."""
+    from datasets import ClassLabel
+
+    ds = ds.cast_column("label", ClassLabel(num_classes=num_classes))
+    return ds if label is None else ds.map(lambda row: {"label": label})
+
+
+def test_more_classes_than_the_student_is_refused_before_training(tmp_path):
+    """Used to stop mid-training with an IndexError (or a shape error for a too wide cache)."""
+    teacher, processor = tiny_vit(num_labels=4, seed=1)
+    student, _ = tiny_vit(num_labels=4, seed=2)
+    ds = random_image_dataset(8)
+    five = _relabelled(ds, 5, label=4)
+
+    def build(**kwargs):
+        settings = dict(model=student, teacher_model=teacher, args=make_args(tmp_path), train_dataset=ds,
+                        processing_class=processor)
+        settings.update(kwargs)
+        return DistillationTrainer(**settings)
+
+    with pytest.raises(ValueError, match=r"Column 'label' of train_dataset has 5 classes but num_labels=4 for the "
+                                         r"student and the teacher: build .* num_labels=5, or map the labels"):
+        build(train_dataset=five)
+    with pytest.raises(ValueError, match=r"eval_dataset\['b'\] has 5 classes"):
+        build(eval_dataset={"a": ds, "b": five})
+    plain_ints = ds.cast_column("label", Value("int64")).map(lambda row, i: {"label": 6 if i == 3 else 0},
+                                                              with_indices=True)
+    with pytest.raises(ValueError, match="has 7 classes but num_labels=4 for the student:"):
+        build(teacher_model=None, args=make_args(tmp_path, alpha=0.0), train_dataset=plain_ints)
+    with pytest.raises(ValueError, match="has 5 classes"):  # a dataset the user prepared with its own transform
+        build(train_dataset=five.with_transform(ImageClassificationTransform(processor, augment=False)))
+    wide_cache = precompute_teacher_logits(tiny_vit(num_labels=5, seed=3)[0], ds, processor)
+    with pytest.raises(ValueError, match="'teacher_logits' of train_dataset holds 5 logits per row but the student "
+                                         "has num_labels=4"):
+        build(teacher_model=None, args=make_args(tmp_path, augment=False), train_dataset=wide_cache)
+    with pytest.raises(ValueError, match="teacher_model has num_labels=5 but the student has num_labels=4"):
+        build(teacher_model=tiny_vit(num_labels=5)[0])
+    # fewer classes than outputs is fine (a ClassLabel subset, or labels 0..3 of a 10-way head)
+    wide_student, _ = tiny_vit(num_labels=10, seed=2)
+    build(model=wide_student, teacher_model=tiny_vit(num_labels=10, seed=1)[0], train_dataset=_relabelled(ds, 4))
+
+
+# --- the teacher's preparation by the accelerator -------------------------------------------------------
+
+def test_teacher_is_prepared_for_inference_by_the_accelerator(tmp_path):
+    teacher, processor = tiny_vit(seed=1)
+    reference = copy.deepcopy(teacher).eval()
+    student, _ = tiny_vit(seed=2)
+    ds = random_image_dataset(4)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, bf16=True),
+                                  train_dataset=ds, processing_class=processor)
+    # prepared in evaluation mode: the teacher itself (no DDP wrapper), frozen, on the student's device
+    assert trainer.teacher is teacher and getattr(teacher, "_is_accelerate_prepared", False)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert next(teacher.parameters()).device == trainer.args.device
+    # ... and wrapped for the run's mixed precision: bf16 compute, float32 logits out
+    pixels = one_batch(trainer, ds)["pixel_values"]
+    with torch.no_grad():
+        prepared = teacher(pixel_values=pixels).logits
+        full = reference(pixel_values=pixels).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = reference(pixel_values=pixels).logits.float()
+    assert prepared.dtype == torch.float32
+    assert torch.equal(prepared, autocast) and not torch.equal(prepared, full)
+
+
+def test_teacher_deepspeed_config():
+    """What the teacher gets under DeepSpeed (DeepSpeed itself needs GPUs; the config is checked here)."""
+    teacher, _ = tiny_vit(hidden_size=32)
+    run = {"train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW"}, "scheduler": {"type": "WarmupLR"},
+           "bf16": {"enabled": True}, "zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}
+    zero3 = teacher_deepspeed_config(run, teacher)
+    assert "optimizer" not in zero3 and "scheduler" not in zero3 and zero3["bf16"] == {"enabled": True}
+    assert zero3["zero_optimization"] == {"stage": 3, "reduce_bucket_size": 32 * 32,
+                                          "stage3_param_persistence_threshold": 320,
+                                          "stage3_prefetch_bucket_size": int(0.9 * 32 * 32)}
+    assert run["zero_optimization"]["reduce_bucket_size"] == "auto"  # the run's own config is untouched
+    zero2 = teacher_deepspeed_config({**run, "zero_optimization": {"stage": 2}}, teacher)
+    assert zero2["zero_optimization"] == {"stage": 0}  # nothing to shard for a model without optimizer states
+    resnet, _ = tiny_resnet()
+    assert teacher_deepspeed_config(run, resnet)["zero_optimization"]["reduce_bucket_size"] == 16 * 16
 
 
 # --- Trainer features -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ so the test forks two ranks itself. It picks a free port instead of debug_launch
 fixed 29500, so that it does not collide with another DDP test running at the same time.
 """
 
+import copy
 import hashlib
 import json
 import socket
@@ -39,6 +40,7 @@ def _worker(out_dir: str) -> None:
     from hf_backdoor_guard import DistillationTrainer, DistillationTrainingArguments
 
     teacher, teacher_processor = tiny_resnet(seed=1)
+    teacher_copy = copy.deepcopy(teacher).eval()
     student, processor = tiny_vit(seed=2)
     initial = _digest(student)
     ds = random_image_dataset(16, seed=3)
@@ -50,8 +52,13 @@ def _worker(out_dir: str) -> None:
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds,
                                   eval_dataset=ds, processing_class=processor,
                                   teacher_processing_class=teacher_processor)
-    first = next(iter(trainer.get_train_dataloader()))["pixel_values"]
+    first_batch = next(iter(trainer.get_train_dataloader()))
+    first = first_batch["pixel_values"]
     rank_rows = [round(float(image.sum()), 3) for image in first]
+    with torch.no_grad():
+        teacher_pixels = first_batch["teacher_pixel_values"]
+        same_logits = torch.equal(trainer._teacher_logits(teacher_pixels),
+                                  teacher_copy(pixel_values=teacher_pixels).logits)
     trainer.train()
     metrics = trainer.evaluate()
     result = {
@@ -60,6 +67,11 @@ def _worker(out_dir: str) -> None:
         "distributed_type": str(trainer.accelerator.distributed_type),
         "teacher_device": str(next(trainer.teacher.parameters()).device),
         "teacher_frozen": not any(p.requires_grad for p in trainer.teacher.parameters()),
+        # prepared by the accelerator in evaluation mode: no DDP wrapper around a model that never trains
+        "teacher_prepared": bool(getattr(trainer.teacher, "_is_accelerate_prepared", False)),
+        "teacher_type": type(trainer.teacher).__name__,
+        "teacher_in_eval_mode": not trainer.teacher.training,
+        "teacher_logits_unchanged": same_logits,
         "initial": initial,
         "final": _digest(trainer.model),
         "first_batch": rank_rows,
@@ -81,6 +93,9 @@ def test_two_process_distillation():
     assert [r["world_size"] for r in results] == [2, 2]
     assert all("MULTI_CPU" in r["distributed_type"] for r in results)
     assert all(r["teacher_device"] == "cpu" and r["teacher_frozen"] for r in results)
+    assert all(r["teacher_prepared"] and r["teacher_in_eval_mode"] for r in results)
+    assert all(r["teacher_type"] == "ResNetForImageClassification" for r in results)
+    assert all(r["teacher_logits_unchanged"] for r in results)
     assert all(r["steps"] == 3 for r in results)
     # DDP keeps the replicas identical, and they did learn
     assert results[0]["final"] == results[1]["final"] != results[0]["initial"]

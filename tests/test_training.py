@@ -1,4 +1,4 @@
-"""train_classifier (plain Trainer with the transforms) and BackdoorMetricsCallback."""
+"""train_classifier (plain Trainer with the transforms), BackdoorMetricsCallback and the MultiStep schedule."""
 
 import math
 
@@ -17,7 +17,13 @@ from hf_backdoor_guard import (
     evaluate_backdoor,
     train_classifier,
 )
-from hf_backdoor_guard.training import ImageClassifierTrainer
+from hf_backdoor_guard.training import (
+    ImageClassifierTrainer,
+    MultiStepFactor,
+    MultiStepLRCallback,
+    build_classifier_trainer,
+    check_milestones,
+)
 
 KEYS = ("eval_clean_accuracy", "eval_attack_success_rate", "eval_robust_accuracy")
 
@@ -64,20 +70,57 @@ def test_train_classifier_without_training_and_resume(tmp_path):
     ds = random_image_dataset(8)
     args = plain_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
     full = train_classifier(model, ds, args, processor, augment=False)
-    untrained = train_classifier(tiny_vit(seed=0)[0], ds, plain_args(tmp_path / "b", max_steps=4), processor,
-                                 augment=False, train=False)
-    assert untrained.state.global_step == 0
+    untrained = build_classifier_trainer(tiny_vit(seed=0)[0], ds, plain_args(tmp_path / "b", max_steps=4),
+                                         processor, augment=False)
+    assert isinstance(untrained, ImageClassifierTrainer) and untrained.state.global_step == 0
+    with pytest.warns(FutureWarning, match="build_classifier_trainer"):  # the old spelling, until callers switch
+        assert train_classifier(tiny_vit(seed=0)[0], ds, plain_args(tmp_path / "b", max_steps=4), processor,
+                                train=False).state.global_step == 0
     resumed = train_classifier(tiny_vit(seed=0)[0], ds, plain_args(tmp_path / "c", max_steps=4), processor,
                                augment=False, resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
     for name, value in full.model.state_dict().items():
         assert torch.allclose(value, resumed.model.state_dict()[name], atol=1e-6), name
 
 
+class ScaledLossTrainer(ImageClassifierTrainer):
+    """A trainer with its own loss and an extra constructor option, as defenses write them."""
+
+    def __init__(self, *args, loss_scale=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_scale = loss_scale
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        return (self.loss_scale * loss, outputs) if return_outputs else self.loss_scale * loss
+
+
+def test_build_classifier_trainer_with_a_trainer_class(tmp_path):
+    model, processor = tiny_vit(seed=0)
+    ds = random_image_dataset(8)
+    trainer = build_classifier_trainer(model, ds, plain_args(tmp_path, max_steps=1), processor, augment=False,
+                                       trainer_class=ScaledLossTrainer, loss_scale=0.0)
+    assert isinstance(trainer, ScaledLossTrainer) and trainer.loss_scale == 0.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.train()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a zero loss moves nothing
+    with pytest.raises(ValueError, match="trainer_class"):
+        build_classifier_trainer(model, ds, plain_args(tmp_path), processor, trainer_class=Trainer)
+
+
 def test_train_classifier_bad_input(tmp_path):
     model, processor = tiny_vit(num_labels=3)
     ds = random_image_dataset(4, num_labels=4)
-    with pytest.raises(ValueError, match="num_labels"):
+    with pytest.raises(ValueError, match=r"Column 'label' of train_ds has 4 classes but num_labels=3 for the model: "
+                                         r"build the model with num_labels=4"):
         train_classifier(model, ds, plain_args(tmp_path), processor)
+    with pytest.raises(ValueError, match=r"Column 'label' of test has 4 classes"):
+        train_classifier(tiny_vit(num_labels=3)[0], random_image_dataset(4, num_labels=3), plain_args(tmp_path),
+                         processor, eval_dataset={"test": ds})
+    # NaN options used to train silently to NaN weights
+    with pytest.raises(ValueError, match="learning_rate must be a finite number"):
+        train_classifier(tiny_vit()[0], ds, plain_args(tmp_path, learning_rate=math.nan), processor)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        build_classifier_trainer(tiny_vit()[0], ds, plain_args(tmp_path, max_grad_norm=math.inf), processor)
     with pytest.raises(ValueError, match="'label'"):
         train_classifier(tiny_vit()[0], ds.rename_column("label", "y"), plain_args(tmp_path), processor)
     with pytest.raises(ValueError, match="TrainingArguments"):
@@ -166,3 +209,48 @@ def test_callback_bad_input():
         BackdoorMetricsCallback(test.rename_column("label", "y"), BadNets())
     with pytest.raises(ValueError, match="batch_size"):
         BackdoorMetricsCallback(test, BadNets(), batch_size=0)
+
+
+# --- MultiStep learning-rate schedule -------------------------------------------------------------------
+
+@pytest.mark.parametrize("milestones, gamma, name", [
+    ([], 0.1, "milestones"), ([0], 0.1, r"milestones\[0\]"), ([1, math.nan], 0.1, r"milestones\[1\]"),
+    ([math.inf], 0.1, "milestones"), ([3, 1], 0.1, "milestones must be increasing"), ("30", 0.1, "milestones"),
+    ([1], 0.0, "gamma"), ([1], math.nan, "gamma"), ([1], 1.5, "gamma"), ([1], True, "gamma"),
+])
+def test_multistep_options_are_checked_once_in_the_constructor(milestones, gamma, name):
+    with pytest.raises(ValueError, match=name):
+        MultiStepLRCallback(milestones, gamma)
+    with pytest.raises(ValueError, match=name.replace("milestones", "lr_milestones").replace("gamma", "lr_gamma")):
+        check_milestones(milestones, gamma, milestones_name="lr_milestones", gamma_name="lr_gamma")
+
+
+def test_multistep_factor_and_schedule_requirements(tmp_path):
+    factor = MultiStepFactor([3, 5], 0.1)
+    assert [round(factor(step), 6) for step in range(7)] == [1, 1, 1, 0.1, 0.1, 0.01, 0.01]
+    assert MultiStepLRCallback([30, 50.5], 0.2).milestones == [30.0, 50.5]
+    callback = MultiStepLRCallback([1.0])
+    with pytest.raises(ValueError, match="lr_scheduler_type=constant"):
+        callback.check_args(plain_args(tmp_path, lr_scheduler_type="cosine"))
+    with pytest.raises(ValueError, match="warmup"):
+        callback.check_args(plain_args(tmp_path, lr_scheduler_type="constant", warmup_steps=2))
+    callback.check_args(plain_args(tmp_path, lr_scheduler_type="constant"))
+
+
+def test_multistep_decays_at_the_milestone_and_after_resume(tmp_path):
+    ds = random_image_dataset(12)  # batch 4: 3 optimizer steps per epoch
+
+    def run(name, resume=None):
+        model, processor = tiny_resnet(seed=0)
+        args = plain_args(tmp_path / name, max_steps=-1, num_train_epochs=2, lr_scheduler_type="constant",
+                          learning_rate=1e-3, save_strategy="steps", save_steps=3)
+        trainer = train_classifier(model, ds, args, processor, augment=False, callbacks=[MultiStepLRCallback([1])],
+                                   resume_from_checkpoint=resume)
+        return {e["step"]: e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e}
+
+    rates = run("full")
+    assert sorted(rates) == [1, 2, 3, 4, 5, 6]  # milestone at epoch 1 = after optimizer step 3
+    assert all(rates[step] == pytest.approx(1e-3) for step in (1, 2, 3))
+    assert all(rates[step] == pytest.approx(1e-4) for step in (4, 5, 6))
+    resumed = run("resumed", resume=str(tmp_path / "full" / "out" / "checkpoint-3"))
+    assert all(resumed[step] == pytest.approx(1e-4) for step in (4, 5, 6))
