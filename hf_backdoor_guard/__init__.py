@@ -53,6 +53,10 @@ _EXPORTS = {
     "load_robust_model": "hub",
     "detect_poisoned": "detection",
     "clean_dataset": "detection",
+    "DEFENSES": "defenses",
+    "run_defense": "defenses",
+    "run_defenses": "defenses",
+    "PurifiedClassifier": "defenses",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,150 @@
+"""Every defense on the same poisoned data, same seeds, same budget: the core of ``backdoor-guard compare``.
+
+:func:`run_defenses` checks every defense's inputs and options first, trains the
+undefended model once (``"none"``, the reference of every DER and the starting point
+of the defenses that need a backdoored model), runs each defense, measures it with the
+same C-Acc / ASR / R-Acc functions (:func:`evaluate_defense`) and reports one line per
+defense. The pipeline stages of the project's own method (variations, student) are
+added by the ``compare`` command on top of this.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .base import DEFENSES, DefenseResult, resolve_defense, run_defense
+from .leaderboard import defense_effectiveness_rating
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
+
+
+def evaluate_defense(model, test_ds, attack, target_label: int = 0, image_processor=None, *, triggered_ds=None,
+                     batch_size: int = 128, image_column: str = "image", label_column: str = "label") -> dict:
+    """C-Acc, ASR and R-Acc of a defended model or of a test-time predictor (``predict_logits(ds)``).
+
+    Plain models go through :func:`~hf_backdoor_guard.evaluate_backdoor`; predictors such as
+    :class:`~hf_backdoor_guard.PurifiedClassifier` are scored with the same metric functions.
+    """
+    from ..evaluation import evaluate_backdoor
+    from ..metrics import attack_success_rate, clean_accuracy, robust_accuracy
+    from ..poisoning import triggered_testset
+    from ..validation import check_dataset
+
+    if isinstance(model, torch.nn.Module):
+        return evaluate_backdoor(model, test_ds, attack, target_label, image_processor, batch_size,
+                                 image_column=image_column, label_column=label_column, triggered_ds=triggered_ds,
+                                 progress=False)
+    if not callable(getattr(model, "predict_logits", None)):
+        raise ValueError(f"Cannot evaluate {type(model).__name__}: expected a transformers model or an object "
+                         "with predict_logits(ds) (e.g. PurifiedClassifier).")
+    check_dataset(test_ds, image_column, label_column)
+    if triggered_ds is None:
+        triggered_ds = triggered_testset(test_ds, attack, target_label, image_column, label_column)
+    clean_predictions = model.predict_logits(test_ds, progress=False).argmax(axis=1)
+    triggered_predictions = model.predict_logits(triggered_ds, progress=False).argmax(axis=1)
+    original = triggered_ds["original_label"]
+    return {
+        "clean_accuracy": clean_accuracy(clean_predictions, test_ds[label_column]),
+        "attack_success_rate": attack_success_rate(triggered_predictions, target_label, original),
+        "robust_accuracy": robust_accuracy(triggered_predictions, original, target_label),
+    }
+
+
+def detection_record(result: DefenseResult, train) -> dict | None:
+    """AUROC of a defense's row scores, and precision/recall of the rows it removed or isolated (research data)."""
+    from ..metrics import auroc, detection_metrics
+
+    if result.suspicion is None or "poisoned" not in train.column_names:
+        return None
+    poisoned = np.asarray(train["poisoned"], dtype=bool)
+    if result.kept is None:
+        return {"auroc": round(auroc(result.suspicion, poisoned), 4)}
+    flagged = ~np.asarray(result.kept, dtype=bool)
+    metrics = detection_metrics(result.suspicion, poisoned, flagged=flagged)
+    return {**{key: round(float(value), 4) for key, value in metrics.items()}, "flagged": int(flagged.sum())}
+
+
+def run_defenses(
+    poisoned_train,
+    test_ds,
+    attack,
+    *,
+    model_factory: Callable[[], Any],
+    training_args,
+    image_processor,
+    target_label: int = 0,
+    clean_subset=None,
+    names: list[str] | None = None,
+    options: dict[str, dict] | None = None,
+    backdoored_model=None,
+    augment: bool = True,
+    image_column: str = "image",
+    label_column: str = "label",
+    triggered_ds=None,
+    report: Callable[[str], None] | None = None,
+) -> dict[str, dict]:
+    """Run ``names`` (default: every registered defense) on the same data; return one record per defense.
+
+    Each record holds ``clean_accuracy``, ``attack_success_rate``, ``robust_accuracy``, ``der``
+    (against ``"none"``), ``seconds`` (the defense plus its evaluation: for test-time
+    purification the evaluation is the defense's work), ``assumes``, ``options`` and, where the
+    defense scores rows and the data has a ``poisoned`` column, ``detection`` (AUROC,
+    precision, recall). ``"none"`` always runs first. ``options`` maps a defense name to
+    its options (``{"purification": {"variation": hbg.ImageVariation.embedded()}}``).
+    ``report`` receives one progress line per defense (default: the module's logger).
+    """
+    from ..poisoning import triggered_testset
+    from ..validation import check_dataset, check_target_label
+
+    report = report or logger.info
+    options = dict(options or {})
+    chosen = list(DEFENSES.names()) if names is None else list(names)
+    unknown = [name for name in list(chosen) + list(options) if name not in DEFENSES]
+    if unknown:
+        raise ValueError(f"Unknown defense(s) {unknown}; choose from {DEFENSES.names()}.")
+    chosen = ["none"] + [name for name in dict.fromkeys(chosen) if name != "none"]
+    defenses = {name: resolve_defense(name, **options.get(name, {})) for name in chosen}  # options checked here
+    check_target_label(target_label, check_dataset(test_ds, image_column, label_column), label_column)
+    if triggered_ds is None:
+        triggered_ds = triggered_testset(test_ds, attack, target_label, image_column, label_column)
+    common = dict(model_factory=model_factory, training_args=training_args, image_processor=image_processor,
+                  augment=augment, image_column=image_column, label_column=label_column)
+    needs_clean = [name for name, defense in defenses.items() if defense.assumes.needs_clean_subset]
+    if needs_clean and clean_subset is None:
+        raise ValueError(f"Defenses {needs_clean} need trusted clean data: pass clean_subset= (BackdoorBench: 5% of "
+                         "the training size) or leave them out of names.")
+
+    records: dict[str, dict] = {}
+    for number, (name, defense) in enumerate(defenses.items(), 1):
+        logger.info("defense %d/%d: %s", number, len(defenses), name)
+        result = run_defense(defense, poisoned_train, clean_subset=clean_subset if defense.assumes.needs_clean_subset
+                             else None, backdoored_model=backdoored_model, **common)
+        if name == "none":
+            backdoored_model = result.model  # every later defense starts from the same undefended model
+        started = time.perf_counter()
+        metrics = evaluate_defense(result.model, test_ds, attack, target_label, image_processor,
+                                   triggered_ds=triggered_ds, image_column=image_column, label_column=label_column)
+        seconds = result.seconds + (time.perf_counter() - started)
+        record = {key: round(float(metrics[key]), 4) for key in METRIC_KEYS}
+        record["der"] = round(defense_effectiveness_rating(records.get("none", record), record), 4)
+        record["seconds"] = round(seconds, 1)
+        record["assumes"] = result.assumes
+        record["options"] = result.info.get("options", {})
+        detection = detection_record(result, poisoned_train)
+        if detection is not None:
+            record["detection"] = detection
+        records[name] = record
+        report(
+            f"[{number}/{len(defenses)}] {name:<22} C-Acc {record['clean_accuracy']:.3f}  "
+            f"ASR {record['attack_success_rate']:.3f}  R-Acc {record['robust_accuracy']:.3f}  "
+            f"DER {record['der']:.3f}  {record['seconds']:.0f} s"
+            + (f"  detection AUROC {detection['auroc']:.3f}" if detection else "")
+        )
+    return records
