@@ -1,4 +1,9 @@
-"""Measure a classifier's backdoor: clean accuracy, attack success rate, robust accuracy."""
+"""Measure a classifier's backdoor: clean accuracy, attack success rate, robust accuracy.
+
+The numbers come from the plain functions of the metric registry
+(``metrics.backdoor_metrics()``), so a newly registered backdoor metric appears in
+``evaluate_backdoor``'s result without touching this module.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,21 @@ import logging
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import ClassLabel, Dataset, Value
 from tqdm.auto import tqdm
 
 from .attacks import Attack
 from .images import to_rgb
-from .metrics import load_metric
+from .loading import load_image_processor
+from .metrics import BackdoorPredictions, backdoor_metrics, check_classes
 from .poisoning import triggered_testset
-from .validation import check_dataset, check_image_column, check_int
+from .validation import check_dataset, check_image_column, check_int, check_label_column
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_image_processor(model, image_processor=None):
-    """Return ``image_processor``, or the one saved beside ``model``'s weights."""
+    """Return ``image_processor``, or the one saved beside ``model``'s weights (never one that needs remote code)."""
     if image_processor is not None:
         return image_processor
     source = getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")
@@ -27,12 +33,39 @@ def resolve_image_processor(model, image_processor=None):
         raise ValueError(
             "image_processor is required: the model was not loaded from a folder or repo that holds one."
         )
-    from transformers import AutoImageProcessor
+    processor, why_not = load_image_processor(source)
+    if processor is None:
+        raise ValueError(f"No image processor for the model at '{source}': {why_not}. Pass image_processor=... "
+                         "(built from a processor class you trust).")
+    return processor
 
-    try:
-        return AutoImageProcessor.from_pretrained(source)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"No image processor found at '{source}'; pass image_processor=... ({error}).") from error
+
+def check_model_classes(model, num_classes: int | None, label_column: str = "label") -> int | None:
+    """The model predicts at least ``num_classes`` classes; returns its ``num_labels`` (None if unknown).
+
+    A model with fewer labels than the data has classes can never be right on the
+    others (a 2-label model on a 4-class set would report ASR 0.0 for target 3).
+    """
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if num_labels is None or num_classes is None:
+        return num_labels
+    if num_classes > num_labels:
+        raise ValueError(
+            f"The model has {num_labels} labels (config.num_labels), but column '{label_column}' has "
+            f"{num_classes} classes: it can never predict classes {num_labels}..{num_classes - 1}, so every "
+            "number would be wrong. Evaluate a model trained on these classes."
+        )
+    return num_labels
+
+
+def _labelled_classes(ds: Dataset, label_column: str | None) -> int | None:
+    """The number of classes of an integer or ClassLabel ``label_column``; None if ``ds`` has no such column."""
+    if label_column is None or label_column not in ds.column_names:
+        return None
+    feature = ds.features[label_column]
+    if isinstance(feature, ClassLabel) or (isinstance(feature, Value) and feature.dtype.startswith(("int", "uint"))):
+        return check_label_column(ds, label_column)
+    return None
 
 
 @torch.no_grad()
@@ -43,13 +76,18 @@ def predict_logits(
     batch_size: int = 64,
     image_column: str = "image",
     progress: bool = True,
+    *,
+    label_column: str | None = "label",
 ) -> np.ndarray:
     """Logits of ``model`` on every image of ``ds``, as a float32 ``[N, num_labels]`` array.
 
     Runs batched, in eval mode, under ``torch.no_grad``, on the model's device and dtype.
+    If ``ds`` has an integer ``label_column``, the model must have a label for each of its
+    classes (``check_model_classes``); pass ``label_column=None`` to skip that check.
     """
     check_image_column(ds, image_column)
     check_int("batch_size", batch_size)
+    check_model_classes(model, _labelled_classes(ds, label_column), label_column or "label")
     processor = resolve_image_processor(model, image_processor)
     was_training = model.training
     model.eval()
@@ -83,11 +121,14 @@ def evaluate_backdoor(
 ) -> dict[str, float]:
     """C-Acc on ``test_ds``; ASR and R-Acc on its non-target rows with ``attack``'s trigger.
 
-    Returns ``{"clean_accuracy", "attack_success_rate", "robust_accuracy"}``. Pass a
-    prebuilt ``triggered_ds`` (from :func:`triggered_testset`) to reuse it across calls.
-    Metrics are computed by the shipped ``evaluate`` modules.
+    Returns ``{"clean_accuracy", "attack_success_rate", "robust_accuracy"}`` plus any other
+    registered backdoor metric. Pass a prebuilt ``triggered_ds`` (from
+    :func:`triggered_testset`) to reuse it across calls. The model must have a label for
+    every class of ``label_column`` (checked before any prediction).
     """
-    check_dataset(test_ds, image_column, label_column)
+    num_classes = check_dataset(test_ds, image_column, label_column)
+    num_labels = check_model_classes(model, num_classes, label_column)
+    check_classes(num_labels, target_label)
     processor = resolve_image_processor(model, image_processor)
     if triggered_ds is None:
         triggered_ds = triggered_testset(test_ds, attack, target_label, image_column, label_column)
@@ -95,19 +136,17 @@ def evaluate_backdoor(
         raise ValueError("triggered_ds has no 'original_label' column; build it with triggered_testset().")
 
     def predictions(ds):
-        return predict_logits(model, ds, processor, batch_size, image_column, progress).argmax(axis=1)
+        logits = predict_logits(model, ds, processor, batch_size, image_column, progress, label_column=None)
+        return logits.argmax(axis=1)
 
-    clean = load_metric("clean_accuracy").compute(
-        predictions=predictions(test_ds), references=test_ds[label_column]
+    measured = BackdoorPredictions(
+        clean_predictions=predictions(test_ds),
+        labels=np.asarray(test_ds[label_column]),
+        triggered_predictions=predictions(triggered_ds),
+        original_labels=np.asarray(triggered_ds["original_label"]),
+        target_label=target_label,
+        num_labels=num_labels,
     )
-    triggered_predictions = predictions(triggered_ds)
-    original = triggered_ds["original_label"]
-    asr = load_metric("attack_success_rate").compute(
-        predictions=triggered_predictions, references=original, target_label=target_label
-    )
-    robust = load_metric("robust_accuracy").compute(
-        predictions=triggered_predictions, references=original, target_label=target_label
-    )
-    result = {**clean, **asr, **robust}
+    result = {metric.name: metric.compute(measured) for metric in backdoor_metrics()}
     logger.info("Backdoor evaluation (%r): %s", attack, {k: round(v, 4) for k, v in result.items()})
     return result

@@ -1,26 +1,85 @@
-"""Safe loading of saved image classifiers: safetensors weights only, never remote code."""
+"""Safe loading of saved image classifiers: safetensors weights only, never remote code.
+
+An image processor whose config asks for custom code (an ``auto_map``) is refused, and
+the refusal says so: "no processor" and "a processor we will not run" are different
+answers to the user.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 
-def load_image_classifier(name_or_path: str | os.PathLike, what: str = "model", **model_kwargs):
-    """``(model, image_processor)`` from a Hub id or folder; the processor is ``None`` if none is saved.
+def load_classifier(name_or_path: str | os.PathLike, what: str = "model", **model_kwargs):
+    """``AutoModelForImageClassification`` from a Hub id or folder: safetensors only, no remote code.
 
-    ``model_kwargs`` go to ``AutoModelForImageClassification.from_pretrained`` (e.g. a new head).
+    ``model_kwargs`` go to ``from_pretrained`` (e.g. a new head).
     """
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
 
     logger.info("Loading %s from %s", what, name_or_path)
-    model = AutoModelForImageClassification.from_pretrained(
+    return AutoModelForImageClassification.from_pretrained(
         name_or_path, use_safetensors=True, trust_remote_code=False, **model_kwargs
     )
+
+
+def load_image_processor(name_or_path: str | os.PathLike):
+    """``(image_processor, None)``, or ``(None, why_not)`` when none is saved or it would need remote code."""
+    from transformers import AutoImageProcessor
+
     try:
-        processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=False)
-    except (OSError, ValueError):
-        processor = None
+        return AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=False), None
+    except (OSError, ValueError) as error:
+        return None, _why_no_processor(name_or_path, error)
+
+
+def load_image_classifier(name_or_path: str | os.PathLike, what: str = "model", **model_kwargs):
+    """``(model, image_processor)`` from a Hub id or folder; the processor is ``None`` if none can be used.
+
+    A processor refused because it needs remote code is logged as a warning with the reason.
+    """
+    model = load_classifier(name_or_path, what, **model_kwargs)
+    processor, why_not = load_image_processor(name_or_path)
+    if processor is None:
+        refused = why_not.startswith("refused")
+        logger.log(logging.WARNING if refused else logging.INFO, "%s at %s: image processor %s", what,
+                   name_or_path, why_not)
     return model, processor
+
+
+def _why_no_processor(name_or_path: str | os.PathLike, error: Exception) -> str:
+    """Why ``AutoImageProcessor`` gave nothing: no config, custom code refused, or its own error."""
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        config = folder / "preprocessor_config.json"
+        if not config.is_file():
+            return "not loaded: there is no preprocessor_config.json"
+        reference = _custom_code_reference(folder)
+        if reference:
+            return (
+                f"refused: its preprocessor_config.json maps it to custom code ({reference}) in the folder, "
+                "which would run on load; hf-backdoor-guard never runs code from a model (trust_remote_code=False)"
+            )
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "custom code" in str(error) or "trust_remote_code" in str(error):
+        return f"refused: it needs custom code from the repo (trust_remote_code=False): {text}"
+    return f"not loaded: {type(error).__name__}: {text}"
+
+
+def _custom_code_reference(folder: Path) -> str | None:
+    """The ``auto_map`` class an image processor config in ``folder`` points at, if any."""
+    for name, keys in (("preprocessor_config.json", ("AutoImageProcessor", "AutoFeatureExtractor")),
+                       ("config.json", ("AutoImageProcessor",))):
+        try:
+            auto_map = json.loads((folder / name).read_text(encoding="utf-8")).get("auto_map") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for key in keys:
+            if isinstance(auto_map, dict) and auto_map.get(key):
+                return str(auto_map[key])
+    return None

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features, Image
+from datasets import ClassLabel, Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification, ViTImageProcessor
 
@@ -90,3 +90,61 @@ def test_evaluate_backdoor_errors():
         hbg.evaluate_backdoor(model, ds, hbg.BadNets(), image_processor=processor, label_column="y")
     with pytest.raises(ValueError, match="batch_size must be"):
         hbg.predict_logits(model, ds, processor, batch_size=0)
+
+
+def four_class_set(rows=8):
+    return Dataset.from_dict({"image": [PILImage.new("RGB", (16, 16))] * rows, "label": [i % 4 for i in range(rows)]},
+                             features=Features({"image": Image(), "label": ClassLabel(num_classes=4)}))
+
+
+def test_a_model_with_fewer_labels_than_the_test_set_is_refused_before_work():
+    """Regression (issue 16, defect 5): a 2-label model on a 4-class set reported ASR 0.0."""
+    model, processor = tiny_vit(num_labels=2)
+    ds = four_class_set()
+    with pytest.raises(ValueError, match=r"2 labels.*4 classes"):
+        hbg.evaluate_backdoor(model, ds, hbg.BadNets(size=4), target_label=3, image_processor=processor)
+    with pytest.raises(ValueError, match=r"2 labels.*4 classes"):
+        hbg.predict_logits(model, ds, processor)
+    plain_ints = Dataset.from_dict({"image": [PILImage.new("RGB", (16, 16))] * 4, "label": [0, 1, 2, 3]},
+                                   features=Features({"image": Image(), "label": Value("int64")}))
+    with pytest.raises(ValueError, match=r"2 labels.*4 classes"):
+        hbg.predict_logits(model, plain_ints, processor)
+    # The metrics check the labels they are given against the model's number of labels too.
+    with pytest.raises(ValueError, match=r"num_labels=2.*3"):
+        hbg.attack_success_rate([0, 1], 3, original_labels=[0, 1], num_labels=2)
+    with pytest.raises(ValueError, match=r"num_labels=2.*3"):
+        hbg.clean_accuracy([0, 1], [3, 1], num_labels=2)
+    with pytest.raises(ValueError, match=r"num_labels=2.*3"):
+        hbg.load_metric("robust_accuracy").compute(predictions=[0, 1], references=[3, 1], num_labels=2)
+    # Prediction without labels (or with labels of another kind) needs no check.
+    assert hbg.predict_logits(model, ds.remove_columns("label"), processor).shape == (8, 2)
+
+
+def test_evaluate_modules_give_the_numbers_of_the_plain_functions():
+    """The library computes with the plain functions; the shipped evaluate modules are wrappers of them."""
+    rng = np.random.default_rng(0)
+    predictions, references = rng.integers(0, 5, 200), rng.integers(0, 5, 200)
+    expected = {
+        "clean_accuracy": hbg.clean_accuracy(predictions, references),
+        "attack_success_rate": hbg.attack_success_rate(predictions, 2, original_labels=references),
+        "robust_accuracy": hbg.robust_accuracy(predictions, references, target_label=2),
+    }
+    assert expected["clean_accuracy"] == pytest.approx(np.mean(predictions == references))
+    for name, value in expected.items():
+        kwargs = {} if name == "clean_accuracy" else {"target_label": 2}
+        got = hbg.load_metric(name).compute(predictions=predictions, references=references, **kwargs)
+        assert got == {name: pytest.approx(value, abs=0)}, name
+    scores, truth = rng.random(200), rng.random(200) < 0.2
+    module = hbg.load_metric("poison_detection").compute(predictions=scores, references=truth.astype(int), threshold=0.7)
+    assert module == pytest.approx(hbg.detection_metrics(scores, truth, threshold=0.7))
+
+
+def test_auroc_is_sklearns_and_nan_without_one_class():
+    from sklearn.metrics import roc_auc_score
+
+    from hf_backdoor_guard.metrics import auroc
+
+    scores, truth = [0.1, 0.4, 0.4, 0.8, 0.3], [False, True, False, True, False]
+    assert auroc(scores, truth) == pytest.approx(roc_auc_score(truth, scores)) == pytest.approx(5.5 / 6)
+    assert math.isnan(auroc([0.2, 0.3], [True, True])) and math.isnan(auroc([0.2, 0.3], [False, False]))
+

@@ -17,6 +17,7 @@ Args:
     predictions (list of int): predicted class indices on triggered images.
     references (list of int): the images' true class indices.
     target_label (int): the backdoor's target class.
+    num_labels (int, optional): the model's number of labels; classes outside it are an error.
 Returns:
     attack_success_rate (float): in [0, 1].
 """
@@ -27,5 +28,6 @@ class AttackSuccessRate(evaluate.Metric):
     def _info(self):
         return metric_info(_DESCRIPTION, _KWARGS)
 
-    def _compute(self, predictions, references, target_label=0):
-        return {"attack_success_rate": attack_success_rate(predictions, target_label, original_labels=references)}
+    def _compute(self, predictions, references, target_label=0, num_labels=None):
+        return {"attack_success_rate": attack_success_rate(predictions, target_label, original_labels=references,
+                                                           num_labels=num_labels)}

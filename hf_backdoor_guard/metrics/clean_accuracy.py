@@ -9,6 +9,7 @@ _KWARGS = """
 Args:
     predictions (list of int): predicted class indices.
     references (list of int): true class indices.
+    num_labels (int, optional): the model's number of labels; classes outside it are an error.
 Returns:
     clean_accuracy (float): in [0, 1].
 """
@@ -19,5 +20,5 @@ class CleanAccuracy(evaluate.Metric):
     def _info(self):
         return metric_info(_DESCRIPTION, _KWARGS)
 
-    def _compute(self, predictions, references):
-        return {"clean_accuracy": clean_accuracy(predictions, references)}
+    def _compute(self, predictions, references, num_labels=None):
+        return {"clean_accuracy": clean_accuracy(predictions, references, num_labels=num_labels)}

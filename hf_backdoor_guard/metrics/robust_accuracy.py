@@ -14,6 +14,7 @@ Args:
     predictions (list of int): predicted class indices on triggered images.
     references (list of int): the images' true class indices.
     target_label (int, optional): the backdoor's target class; its rows are left out.
+    num_labels (int, optional): the model's number of labels; classes outside it are an error.
 Returns:
     robust_accuracy (float): in [0, 1].
 """
@@ -24,5 +25,6 @@ class RobustAccuracy(evaluate.Metric):
     def _info(self):
         return metric_info(_DESCRIPTION, _KWARGS)
 
-    def _compute(self, predictions, references, target_label=None):
-        return {"robust_accuracy": robust_accuracy(predictions, references, target_label=target_label)}
+    def _compute(self, predictions, references, target_label=None, num_labels=None):
+        return {"robust_accuracy": robust_accuracy(predictions, references, target_label=target_label,
+                                                   num_labels=num_labels)}
