@@ -61,11 +61,14 @@ class LocalHub:
 
     # -- repositories -------------------------------------------------------
     def add_repo(self, repo_type: str, repo_id: str, folder: Path, message: str = "publish") -> str:
-        """Commit the files of ``folder`` (as ``upload_folder`` would send them) to repo ``main``; return the sha.
+        """Commit the files a publish staged in ``folder`` (what its upload sends) to repo ``main``; return the sha.
 
-        Calling it again for the same repo adds a new commit on top, so revisions can be tested.
+        A folder that no publish staged (a hand-made repo) is committed whole. Calling it
+        again for the same repo adds a new commit on top, so revisions can be tested.
         """
-        from hf_backdoor_guard.hub import STAGING_MARKER
+        from hf_backdoor_guard.staging import staged_files
+
+        files = staged_files(folder) or [p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()]
 
         kind = {"model": "models", "dataset": "datasets"}[repo_type]
         repo = self.mirrors / kind / repo_id
@@ -77,11 +80,10 @@ class LocalHub:
             for child in repo.iterdir():
                 if child.name != ".git":
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
-        for path in Path(folder).rglob("*"):
-            if path.is_file() and path.name != STAGING_MARKER:
-                target = repo / path.relative_to(folder)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, target)
+        for name in files:
+            target = repo / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(folder) / name, target)
         _git(repo, "add", "-A")
         _git(repo, "commit", "-q", "-m", message)
         return _git(repo, "rev-parse", "HEAD")

@@ -23,11 +23,12 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
 from huggingface_hub import DatasetCard, ModelCard
+from huggingface_hub.utils import filter_repo_objects
 from PIL import Image as PILImage
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 from transformers.utils import logging as hf_logging
 
-from hf_backdoor_guard import hub
+from hf_backdoor_guard import cards, hub
 from hf_backdoor_guard.cli import build_parser, main
 
 hf_logging.disable_progress_bar()
@@ -105,14 +106,16 @@ class RecordingHfApi:
         self.calls.append(("create_repo", dict(repo_id=repo_id, repo_type=repo_type, private=private, exist_ok=exist_ok)))
         return f"https://hub.invalid/{repo_id}"
 
-    def upload_folder(self, *, repo_id, folder_path, repo_type=None, commit_message=None, ignore_patterns=None, **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, repo_type=None, commit_message=None, allow_patterns=None,
+                      ignore_patterns=None, **kwargs):
         if self.fail_with is not None:
             raise self.fail_with
         root = Path(folder_path)
-        files = sorted(
-            p.relative_to(root).as_posix() for p in root.rglob("*")
-            if p.is_file() and not any(fnmatch.fnmatch(p.name, pat) for pat in ignore_patterns or [])
-        )
+        # The files upload_folder would send, selected by huggingface_hub's own pattern filter.
+        files = sorted(filter_repo_objects(
+            (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()),
+            allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
+        ))
         self.calls.append(
             ("upload_folder", dict(repo_id=repo_id, folder_path=str(folder_path), repo_type=repo_type,
                                    commit_message=commit_message, files=files, token=self.token))
@@ -361,7 +364,7 @@ def test_refuses_an_output_dir_with_the_users_files(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not empty and was not staged by hf-backdoor-guard"):
+    with pytest.raises(ValueError, match="not empty and was not written by `publish`"):
         hub.publish_model(tiny_model(), "hbg/x", METRICS_V1, output_dir=mine, push=False)
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     assert (mine / "notes.txt").read_text() == "keep me"
@@ -381,7 +384,7 @@ def test_restaging_our_own_folder_replaces_stale_files(tmp_path):
     [
         ({}, "non-empty dict keyed by attack"),
         ({"badnets": {"clean_accuracy": 0.9, "attack_success_rate": 0.1}}, r"metrics\['badnets'\] lacks \['robust_accuracy'\]"),
-        ({"wanet": {**METRICS_V2["badnets"], "robust_accuracy": 87.0}}, r"metrics\['wanet'\]\['robust_accuracy'\] must be a fraction"),
+        ({"wanet": {**METRICS_V2["badnets"], "robust_accuracy": 87.0}}, r"metrics\['wanet'\]\['robust_accuracy'\] must lie in \[0, 1\]"),
         ({"sig": {**METRICS_V2["badnets"], "clean_accuracy": float("nan")}}, r"\['sig'\]\['clean_accuracy'\]"),
         ({"sig": 0.9}, r"metrics\['sig'\] must be a dict"),
     ],
@@ -477,7 +480,7 @@ def test_templates_ship_in_the_wheel():
     for path in (root / "model_cards").iterdir():
         if path.is_file() and path.suffix != ".py":
             assert any(fnmatch.fnmatch(path.name, pat) for pat in patterns), path.name
-    assert "{{ card_data }}" in hub._template("model_card.md") and "{{ card_data }}" in hub._template("dataset_card.md")
+    assert "{{ card_data }}" in cards.template("model_card.md") and "{{ card_data }}" in cards.template("dataset_card.md")
 
 
 def test_offline_without_a_cached_copy_is_a_clear_error():
@@ -491,3 +494,84 @@ def test_cli_rejects_a_folder_that_is_neither_model_nor_dataset(tmp_path, caplog
     (tmp_path / "random" / "notes.txt").write_text("hi")
     assert main(["publish", str(tmp_path / "random"), "hbg/x", "--no-push"]) == 1
     assert "neither a saved model folder" in caplog.text
+
+
+# ============================================================== faults and trust (issue 16)
+
+
+def test_republishing_keeps_and_never_uploads_the_users_files(recording_api, tmp_path):
+    """Regression (issue 16, defect 1): a second publish into a staged folder deleted files the user added."""
+    out = tmp_path / "proj"
+    hub.publish_model(tiny_model(), "hbg/x", METRICS_V1, tiny_processor(), output_dir=out, push=False)
+    (out / "notes.txt").write_text("my notes")
+    (out / "extra").mkdir()
+    (out / "extra" / "eval.csv").write_text("a,b\n")
+    hub.publish_model(tiny_model(), "hbg/x", METRICS_V2, None, output_dir=out, **CARD_INFO)
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert (out / "extra" / "eval.csv").read_text() == "a,b\n"
+    # What the earlier publish staged and this one did not is gone; this publish's files are uploaded, and only they.
+    assert not (out / "preprocessor_config.json").exists()
+    assert recording_api.calls[-1][1]["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert hub.card_metrics(ModelCard.load(out / "README.md")) == METRICS_V2
+
+
+def test_a_file_of_the_users_named_like_an_output_is_not_overwritten(tmp_path):
+    out = tmp_path / "proj"
+    hub.publish_model(tiny_model(), "hbg/x", METRICS_V1, None, output_dir=out, push=False)
+    (out / "preprocessor_config.json").write_text("{\"mine\": true}")
+    with pytest.raises(ValueError, match="preprocessor_config.json"):
+        hub.publish_model(tiny_model(), "hbg/x", METRICS_V1, tiny_processor(), output_dir=out, push=False)
+    assert (out / "preprocessor_config.json").read_text() == "{\"mine\": true}"
+    assert (out / "model.safetensors").is_file()  # the earlier publish is left as it was
+
+
+def test_failed_upload_says_how_to_retry_without_touching_other_files(recording_api, tmp_path):
+    recording_api.fail_with = ConnectionError("hub unreachable")
+    with pytest.raises(hub.PublishError) as info:
+        hub.publish_model(tiny_model(), "hbg/robust-vit", METRICS_V1, output_dir=tmp_path / "out")
+    message = str(info.value)
+    assert "publish again" not in message
+    assert "allow_patterns=['README.md', 'config.json', 'model.safetensors']" in message
+    assert info.value.staged_files == ["README.md", "config.json", "model.safetensors"]
+
+
+def _edit_card_metric(folder: Path, metric: str, value: str) -> None:
+    card = (folder / "README.md").read_text()
+    lines = card.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() in (f"type: {metric}", f"- type: {metric}"):
+            value_line = next(j for j in range(i, len(lines)) if lines[j].strip().startswith("value:"))
+            lines[value_line] = lines[value_line].split("value:")[0] + f"value: {value}"
+            break
+    else:
+        raise AssertionError(f"no {metric} in the card")
+    (folder / "README.md").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("value", ["7.5", ".nan", "-0.1"])
+def test_a_card_with_a_metric_outside_zero_one_does_not_load(tmp_path, value):
+    """Regression (issue 16, defect 10): a card stating ASR 7.5 loaded as is."""
+    staged = hub.publish_model(tiny_model(), "hbg/x", METRICS_V2, tiny_processor(), output_dir=tmp_path / "m", push=False)
+    _edit_card_metric(staged, "attack_success_rate", value)
+    with pytest.raises(ValueError) as info:
+        hub.load_robust_model(str(staged))
+    message = str(info.value)
+    assert str(staged) in message and "badnets" in message and "attack_success_rate" in message
+    assert ("nan" if value == ".nan" else value) in message
+    with pytest.raises(ValueError, match="attack_success_rate"):
+        hub.card_metrics(ModelCard.load(staged / "README.md"))
+
+
+def test_a_folder_that_is_not_a_model_is_refused_without_walking_it(tmp_path):
+    """Regression (issue 16, defect 10): load_robust_model('../../etc') listed every file of the tree."""
+    root = tmp_path / "etc"
+    for i in range(30):
+        (root / f"dir{i}" / "deeper").mkdir(parents=True)
+        (root / f"dir{i}" / "deeper" / f"secret{i}.txt").write_text("x")
+        (root / f"file{i}.conf").write_text("x")
+    with pytest.raises(ValueError) as info:
+        hub.load_robust_model(str(root))
+    message = str(info.value)
+    assert "not a model folder" in message and "config.json" in message
+    assert "secret" not in message and "deeper" not in message
+    assert message.count(".conf") <= 5 and len(message) < 600

@@ -148,3 +148,38 @@ def test_auroc_is_sklearns_and_nan_without_one_class():
     assert auroc(scores, truth) == pytest.approx(roc_auc_score(truth, scores)) == pytest.approx(5.5 / 6)
     assert math.isnan(auroc([0.2, 0.3], [True, True])) and math.isnan(auroc([0.2, 0.3], [False, False]))
 
+
+def test_a_registered_backdoor_metric_appears_in_results_and_cards():
+    """A new backdoor metric is one function and one registration line (issue 14.1)."""
+    from hf_backdoor_guard import cards, hub, metrics
+    from hf_backdoor_guard.metrics import BACKDOOR, METRICS, BackdoorPredictions, Metric
+
+    def clean_target_rate(p: BackdoorPredictions) -> float:
+        return float(np.mean(p.clean_predictions == p.target_label))
+
+    METRICS.register(Metric("clean_target_rate", clean_target_rate, "Clean target rate (CTR)", "CTR", BACKDOOR,
+                            description="share of clean test images classified as the target class.",
+                            higher_is_better=False))
+    try:
+        model, processor = tiny_vit()
+        ds = four_class_set(12)
+        result = hbg.evaluate_backdoor(model, ds, hbg.BadNets(size=4), target_label=1, image_processor=processor)
+        assert list(result) == ["clean_accuracy", "attack_success_rate", "robust_accuracy", "clean_target_rate"]
+        clean = hbg.predict_logits(model, ds, processor).argmax(1)
+        assert result["clean_target_rate"] == pytest.approx(np.mean(clean == 1))
+        assert "clean_target_rate" in metrics.METRIC_NAMES and "clean_target_rate" in hub.METRIC_KEYS
+
+        card = cards.build_model_card("hbg/x", {"badnets": result})
+        assert "| Attack | C-Acc (higher is better) | ASR (lower is better) | R-Acc (higher is better) | " \
+               "CTR (lower is better) |" in card.text
+        assert "- **CTR**: share of clean test images classified as the target class." in card.text
+        assert f"{100 * result['clean_target_rate']:.2f}% |" in card.text
+        assert "Clean target rate (CTR)" in str(card.data.to_dict()["model-index"])
+        assert cards.card_metrics(card) == {"badnets": pytest.approx(result, abs=1e-6)}
+        with pytest.raises(ValueError, match=r"lacks \['clean_target_rate'\]"):  # every card states every metric
+            cards.build_model_card("hbg/x", {"badnets": {k: v for k, v in result.items() if k != "clean_target_rate"}})
+    finally:
+        METRICS.unregister("clean_target_rate")
+    assert "clean_target_rate" not in hub.METRIC_KEYS
+    with pytest.raises(ValueError, match="Unknown metric 'clean_target_rate'"):
+        hbg.load_metric("clean_target_rate")
