@@ -461,6 +461,13 @@ class ImageVariation:
         return Features(out)
 
     def __call__(self, batch: dict[str, list], indices: list[int] | None = None) -> dict[str, list]:
+        sources = self.load_sources(batch, indices)
+        return self.finish_batch(batch, indices, sources, self.denoise(sources, indices))
+
+    # ``__call__`` and ``generate`` in three steps, so that generate_variations can run the CPU steps
+    # (decoding before, post-processing and encoding after) in threads while the GPU denoises the next batch.
+    def load_sources(self, batch: dict[str, list], indices: list[int] | None) -> list[Image.Image]:
+        """Check a ``map`` batch and decode its images as RGB: the CPU work before :meth:`denoise`."""
         column = self.image_column
         if column not in batch:
             raise ValueError(f"Image column '{column}' not found in the batch; columns: {list(batch)}. "
@@ -471,9 +478,13 @@ class ImageVariation:
         if not isinstance(batch[column], list) or isinstance(indices, int):
             raise ValueError("ImageVariation works on batches: call ds.map(variation, batched=True, with_indices=True).")
         self._check_columns(batch.keys())
-        sources = [load_rgb(value, row=row, column=column) for value, row in zip(batch[column], indices)]
-        variations = self.generate(sources, indices)
+        return [load_rgb(value, row=row, column=column) for value, row in zip(batch[column], indices)]
 
+    def finish_batch(self, batch: dict[str, list], indices: list[int], sources: list[Image.Image],
+                     arrays: list[np.ndarray]) -> dict[str, list]:
+        """The ``map`` output of a batch, given its raw variations from :meth:`denoise` (CPU only)."""
+        column = self.image_column
+        variations = self.postprocess(sources, arrays)
         n = self.num_variations
         out: dict[str, list] = {}
         for name, values in batch.items():
@@ -486,6 +497,10 @@ class ImageVariation:
 
     def generate(self, images: list[Image.Image], indices: list[int]) -> list[Image.Image]:
         """Variations of RGB ``images`` (rows ``indices``): ``num_variations`` per image, row-major."""
+        return self.postprocess(images, self.denoise(images, indices))
+
+    def denoise(self, images: list[Image.Image], indices: list[int]) -> list[np.ndarray]:
+        """The diffusion step of :meth:`generate`: raw ``uint8`` HxWx3 arrays at the generation size, row-major."""
         n = self.num_variations
         expanded = [image for image in images for _ in range(n)]
         generators = [torch.Generator("cpu").manual_seed(variation_seed(self.seed, int(row), v))
@@ -494,8 +509,12 @@ class ImageVariation:
                             guidance_scale=self.guidance_scale, strength=self.strength, eta=self.eta,
                             prompt=self.prompt, pipeline_kwargs=self.pipeline_kwargs, prior_kwargs=self.prior_kwargs)
         logger.debug("Generating %d variations of rows %s..%s", len(expanded), indices[0], indices[-1])
-        arrays = self.adapter.generate(expanded, generators, settings)
-        # the source's colour statistics, once per source rather than once per variation
+        return self.adapter.generate(expanded, generators, settings)
+
+    def postprocess(self, images: list[Image.Image], arrays: list[np.ndarray]) -> list[Image.Image]:
+        """The CPU step of :meth:`generate`: resize each raw variation to its source and match its colors."""
+        n = self.num_variations
+        # the source's color statistics, once per source rather than once per variation
         stats = [lab_stats(np.asarray(image)) for image in images] if self.color_transfer else None
         results = []
         for position, array in enumerate(arrays):
