@@ -37,6 +37,7 @@ _EXPORTS = {
     "suspicion_scores": "detection",
     "ImageVariation": "variations",
     "generate_variations": "variations",
+    "merge_variation_shards": "variations",
     "DistillationTrainingArguments": "distillation",
     "DistillationTrainer": "distillation",
     "precompute_teacher_logits": "distillation",

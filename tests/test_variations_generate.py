@@ -63,7 +63,8 @@ def test_result_equals_dataset_map_and_reloads_from_disk(ds, clean_run):
     mapped = ds.map(ddim_variation(), batched=True, batch_size=2, with_indices=True)
     assert len(result) == 20 and result.column_names == mapped.column_names
     assert rows(result) == rows(mapped)
-    assert sorted(p.name for p in out_dir.glob("*.arrow")) == [f"data-0000{i}-of-00003.arrow" for i in range(3)]
+    assert sorted(p.name for p in out_dir.glob("*.arrow")) == [f"data-0000{i}.arrow" for i in range(3)]
+    assert sorted(p.name for p in out_dir.glob("data-*.json")) == [f"data-0000{i}.json" for i in range(3)]
     reloaded = load_from_disk(str(out_dir))
     assert rows(reloaded) == rows(result)
     assert reloaded.features["label"].names == ["cat", "dog", "emu"] == result.features["label"].names
@@ -77,7 +78,7 @@ def test_resume_after_interruption_skips_finished_shards(ds, clean_run, tmp_path
     with pytest.raises(KeyboardInterrupt):
         hbg.generate_variations(ds, interrupted, out_dir, batch_size=2, shard_size=4)
     finished = sorted(out_dir.glob("data-*.arrow"))
-    assert [p.name for p in finished] == ["data-00000-of-00003.arrow", "data-00001-of-00003.arrow"]
+    assert [p.name for p in finished] == ["data-00000.arrow", "data-00001.arrow"]
     assert not (out_dir / "state.json").exists()
     stamps = {p: p.stat().st_mtime_ns for p in finished}
 
@@ -105,7 +106,8 @@ def test_other_settings_refuse_to_mix(ds, clean_run, tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match=r"not empty \(holds \[.notes.txt.\]...\) and was not written by generate_variations"):
+    with pytest.raises(ValueError, match=r"is not empty and was not written by `generate_variations` "
+                                         r"\(1 entries, e.g. \['notes.txt'\]\)"):
         hbg.generate_variations(ds, ddim_variation(), foreign, batch_size=2)
     assert (foreign / "notes.txt").read_text() == "keep me"
 
@@ -194,6 +196,382 @@ def test_torchrun_two_processes_without_gpus(ds, clean_run, tmp_path):
                           env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     written = [line.split(" ", 1) for line in done.stderr.splitlines() if " written in " in line]
-    assert sorted(message.split(" (")[0] for _, message in written) == ["Shard 1/3", "Shard 2/3", "Shard 3/3"]
+    assert sorted(message.split(" (")[0] for _, message in written) == ["Shard 0", "Shard 1", "Shard 2"]
     assert len({pid for pid, _ in written}) == 2  # both processes worked, no shard twice
     assert rows(load_from_disk(str(out_dir))) == rows(clean_run[1])
+
+
+# ============================================================== resume trusts only verified shards (issue 16.3)
+
+
+def shard_files(out_dir):
+    return sorted(Path(out_dir).glob("data-*.arrow"))
+
+
+def copy_run(clean_run, tmp_path):
+    import shutil
+
+    out_dir = tmp_path / "variations"
+    shutil.copytree(clean_run[0], out_dir)
+    return out_dir
+
+
+def keep_first_record_batch(path):
+    """Rewrite an Arrow stream file with only its first record batch: a valid file, cut at a batch boundary."""
+    import pyarrow as pa
+
+    reader = pa.ipc.open_stream(pa.py_buffer(Path(path).read_bytes()))  # in memory: the file is rewritten below
+    schema, first = reader.schema, reader.read_next_batch()
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(first)
+
+
+def test_resume_redoes_a_shard_truncated_at_a_record_batch_boundary(ds, clean_run, tmp_path, caplog):
+    out_dir = copy_run(clean_run, tmp_path)
+    damaged = shard_files(out_dir)[1]
+    keep_first_record_batch(damaged)
+    variation = ddim_variation()
+    calls = count_calls(variation)
+    with caplog.at_level("WARNING", logger="hf_backdoor_guard"):
+        result = hbg.generate_variations(ds, variation, out_dir, batch_size=2, shard_size=4)
+    assert rows(result) == rows(clean_run[1])  # the old code returned 16 rows for 20, silently
+    assert calls == [4, 4]  # shard 1 (2 batches) was redone, nothing else
+    assert damaged.name in caplog.text and "redoing" in caplog.text
+
+
+def test_resume_redoes_a_shard_copied_over_another(ds, clean_run, tmp_path, caplog):
+    import shutil
+
+    out_dir = copy_run(clean_run, tmp_path)
+    first, second = shard_files(out_dir)[:2]
+    shutil.copyfile(first, second)
+    with caplog.at_level("WARNING", logger="hf_backdoor_guard"):
+        result = hbg.generate_variations(ds, ddim_variation(), out_dir, batch_size=2, shard_size=4)
+    assert list(result["source_index"]) == [row for row in range(10) for _ in range(2)]
+    assert rows(result) == rows(clean_run[1])
+    assert second.name in caplog.text
+
+
+def test_resume_redoes_a_shard_cut_in_the_middle(ds, clean_run, tmp_path, caplog):
+    out_dir = copy_run(clean_run, tmp_path)
+    damaged = shard_files(out_dir)[1]
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[:len(data) // 2])
+    with caplog.at_level("WARNING", logger="hf_backdoor_guard"):
+        result = hbg.generate_variations(ds, ddim_variation(), out_dir, batch_size=2, shard_size=4)
+    assert rows(result) == rows(clean_run[1])  # the old code died with a raw Arrow OSError naming no file
+    assert damaged.name in caplog.text
+
+
+# ============================================================== one run per folder (issue 16.8)
+
+SCRIPT = Path(__file__).with_name("generation_script.py")
+
+
+def start_script(ds_dir, out_dir, **options):
+    import subprocess
+    import sys
+
+    options = {"pipeline": str(saved_family("ddim")[0]), "variation": OPTIONS, **options}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(hbg.__file__).parents[1]), str(SCRIPT.parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(ds_dir), str(out_dir), json.dumps(options)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, process, timeout=120):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_a_second_run_on_the_same_folder_fails_naming_the_first_or_waits_for_it(ds, clean_run, tmp_path):
+    import threading
+
+    ds_dir, out_dir, pause = tmp_path / "input", tmp_path / "variations", tmp_path / "go"
+    ds.save_to_disk(str(ds_dir))
+    first = start_script(ds_dir, out_dir, pause_file=str(pause), call=dict(batch_size=2, shard_size=4))
+    try:
+        wait_for(str(pause) + ".started", first)  # the first run holds the folder and is generating
+        variation = ddim_variation()
+        calls = count_calls(variation)
+        with pytest.raises(RuntimeError, match=f"in use by another generate_variations \\(process {first.pid} on "):
+            hbg.generate_variations(load_from_disk(str(ds_dir)), variation, out_dir, batch_size=2, shard_size=4)
+        assert calls == []
+
+        threading.Timer(1.0, pause.touch).start()  # the first run goes on while the second waits for the lock
+        result = hbg.generate_variations(load_from_disk(str(ds_dir)), variation, out_dir, batch_size=2, shard_size=4,
+                                         wait=True)
+    finally:
+        pause.touch()
+        out, err = first.communicate(timeout=240)
+    assert first.returncode == 0, err[-3000:]
+    assert json.loads(out.splitlines()[-1])["rows"] == 20
+    assert calls == []  # every shard was done by the first run, and trusted after verification
+    assert rows(result) == rows(clean_run[1])
+
+
+def test_a_tampered_shard_with_a_matching_manifest_is_caught_by_its_rows(ds, clean_run, tmp_path, caplog):
+    # Shard 0 copied over shard 1 together with a manifest rewritten to match the file: size and checksum agree,
+    # but the rows are those of source rows 0-3, not 4-7. The row check catches it and the shard is redone.
+    import shutil
+
+    from hf_backdoor_guard.variations import shards
+
+    out_dir = copy_run(clean_run, tmp_path)
+    first, second = shard_files(out_dir)[:2]
+    shutil.copyfile(first, second)
+    manifest = json.loads((out_dir / "data-00001.json").read_text())
+    manifest.update(num_bytes=second.stat().st_size, xxh3_128=shards.file_digest(second))
+    (out_dir / "data-00001.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="hf_backdoor_guard"):
+        result = hbg.generate_variations(ds, ddim_variation(), out_dir, batch_size=2, shard_size=4)
+    assert "does not hold the variations of source rows 4-7" in caplog.text
+    assert rows(result) == rows(clean_run[1])
+    # and at assembly, a shard that does not hold its rows stops the run with an error naming it
+    shutil.copyfile(first, second)
+    with pytest.raises(ValueError, match=f"{second} does not hold the variations of source rows 4-7"):
+        shards.load_shards(out_dir, shards.shard_specs(10, 4), 2)
+
+
+def test_changed_input_rows_refuse_to_resume(ds, clean_run, tmp_path):
+    out_dir = copy_run(clean_run, tmp_path)
+    images = list(ds["image"])
+    images[5] = Image.new("RGB", (32, 32), "white")
+    changed = Dataset.from_dict({"image": images, "label": ds["label"]}, features=ds.features)
+    with pytest.raises(ValueError, match="input rows 4-7 differ from those .*data-00001.arrow was made from"):
+        hbg.generate_variations(changed, ddim_variation(), out_dir, batch_size=2, shard_size=4)
+
+
+def test_a_folder_of_the_old_format_is_named_and_left_alone(ds, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "variations_manifest.json").write_text(json.dumps({"version": 1}))
+    (old / "data-00000-of-00001.arrow").write_bytes(b"old shard")
+    with pytest.raises(ValueError, match="written by an older version of generate_variations"):
+        hbg.generate_variations(ds, ddim_variation(), old, batch_size=2)
+    assert sorted(p.name for p in old.iterdir()) == ["data-00000-of-00001.arrow", "variations_manifest.json"]
+
+
+def test_load_from_disk_layout_matches_what_datasets_writes(tmp_path):
+    # write_load_from_disk_layout writes datasets' save_to_disk layout by hand (there is no public way to
+    # declare existing Arrow files a saved dataset). If datasets changes that layout, this test says so.
+    from hf_backdoor_guard.variations import shards
+
+    Dataset.from_dict({"a": [1, 2]}).save_to_disk(str(tmp_path / "saved"))
+    theirs = json.loads((tmp_path / "saved" / "state.json").read_text())
+    spec = shards.ShardSpec(0, 0, 2)
+    (tmp_path / "ours").mkdir()
+    Dataset.from_dict({"a": [1, 2]}).to_parquet(str(tmp_path / "unused.parquet"))  # any files; only keys compared
+    shards.write_load_from_disk_layout(tmp_path / "ours", [spec], Features({"a": ImageFeature()}), "0" * 16)
+    ours = json.loads((tmp_path / "ours" / "state.json").read_text())
+    assert sorted(ours) == sorted(theirs), (
+        "datasets changed the save_to_disk state.json layout: update "
+        "hf_backdoor_guard.variations.shards.write_load_from_disk_layout"
+    )
+    assert sorted(os.listdir(tmp_path / "saved")) == sorted(["state.json", "dataset_info.json",
+                                                             "data-00000-of-00001.arrow"])
+
+
+def test_a_plain_call_does_not_start_accelerate(ds, tmp_path):
+    from accelerate import PartialState
+
+    before = dict(PartialState._shared_state)  # test-only look at accelerate's singleton
+    hbg.generate_variations(ds.select(range(2)), ddim_variation(), tmp_path / "v", batch_size=2, progress=False)
+    if not before:
+        assert PartialState._shared_state == {}
+
+
+# ============================================================== overlap of CPU work with the denoising (issue 15.1)
+
+
+def sd_variation(**options):
+    path, extra = saved_family("sd-image-variation")
+    # a batch-dependent family (batched kernels round differently), sources of other sizes (resize), colors, sources
+    return hbg.ImageVariation.from_pretrained(path, **extra, size=32, num_inference_steps=2, num_variations=2,
+                                              keep_source=True, **options)
+
+
+@pytest.fixture(scope="module")
+def mixed_ds():
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (20 + 7 * (i % 3), 33, 3), dtype=np.uint8)) for i in range(7)]
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["cat", "dog", "emu"])})
+    return Dataset.from_dict({"image": images, "label": [i % 3 for i in range(7)]}, features=features)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_overlap_gives_the_bytes_of_map_and_of_the_plain_loop(mixed_ds, batch_size, tmp_path):
+    variation = sd_variation()
+    mapped = mixed_ds.map(variation, batched=True, batch_size=batch_size, with_indices=True)
+    # shards of 2 batches: the batch layout of map, which this family's batched kernels depend on
+    on = hbg.generate_variations(mixed_ds, variation, tmp_path / "on", batch_size=batch_size,
+                                 shard_size=2 * batch_size, progress=False)
+    off = hbg.generate_variations(mixed_ds, variation, tmp_path / "off", batch_size=batch_size,
+                                  shard_size=2 * batch_size, progress=False, overlap=False)
+    assert rows(on) == rows(mapped) == rows(off)
+    assert [p.read_bytes() for p in shard_files(tmp_path / "on")] == \
+        [p.read_bytes() for p in shard_files(tmp_path / "off")]
+
+
+def test_an_error_in_the_writer_thread_reaches_the_caller_with_its_message(ds, clean_run, tmp_path):
+    variation = ddim_variation()
+    original, seen = variation.postprocess, []
+
+    def failing(images, arrays):
+        seen.append(len(images))
+        if len(seen) == 3:  # first batch of shard 1
+            raise ValueError("color transfer broke on purpose")
+        return original(images, arrays)
+
+    variation.postprocess = failing
+    out_dir = tmp_path / "v"
+    with pytest.raises(ValueError, match="color transfer broke on purpose"):
+        hbg.generate_variations(ds, variation, out_dir, batch_size=2, shard_size=4)
+    assert [p.name for p in shard_files(out_dir)] == ["data-00000.arrow"]
+    assert not list(out_dir.glob(".*partial"))  # the unfinished shard's file is ours and was removed
+    result = hbg.generate_variations(ds, ddim_variation(), out_dir, batch_size=2, shard_size=4)
+    assert rows(result) == rows(clean_run[1])
+
+
+def test_an_unreadable_image_met_by_the_reader_thread_names_its_row(ds, tmp_path):
+    from datasets import Image as ImageFeature_
+
+    raw = ds.cast_column("image", ImageFeature_(decode=False))
+    cells = list(raw["image"])
+    cells[5] = {"bytes": b"not an image", "path": None}
+    broken = Dataset.from_dict({"image": cells, "label": ds["label"]}, features=ds.features)
+    with pytest.raises(ValueError, match="Unreadable value in column 'image', row 5: UnidentifiedImageError"):
+        hbg.generate_variations(broken, ddim_variation(), tmp_path / "v", batch_size=2, shard_size=4)
+
+
+# ============================================================== scale-out (issue 15.4)
+
+
+def test_two_machines_without_shared_storage_write_parts_that_merge(ds, clean_run, tmp_path):
+    # Two real processes, each standing for a machine: part i of 2 into a folder of its own.
+    ds_dir = tmp_path / "input"
+    ds.save_to_disk(str(ds_dir))
+    folders = [tmp_path / "node0", tmp_path / "node1"]
+    runs = [start_script(ds_dir, folder, call=dict(batch_size=2, shard_size=4, part_index=i, num_parts=2))
+            for i, folder in enumerate(folders)]
+    for run in runs:
+        out, err = run.communicate(timeout=240)
+        assert run.returncode == 0, err[-3000:]
+    assert [p.name for p in shard_files(folders[0])] == ["data-00000.arrow", "data-00002.arrow"]
+    assert [p.name for p in shard_files(folders[1])] == ["data-00001.arrow"]
+    assert not (folders[0] / "state.json").exists()  # a part alone must not open as the whole dataset
+
+    with pytest.raises(ValueError, match=r"Shard 1 \(rows 4-7\) is in none of the folders"):
+        hbg.merge_variation_shards(folders[:1], tmp_path / "merged-alone")
+    merged = hbg.merge_variation_shards(folders, tmp_path / "merged")
+    assert rows(merged) == rows(clean_run[1])
+    assert rows(load_from_disk(str(tmp_path / "merged"))) == rows(clean_run[1])
+    assert [p.read_bytes() for p in shard_files(tmp_path / "merged")] == \
+        [p.read_bytes() for p in shard_files(clean_run[0])]
+    # merging into one of the parts' folders works too, and a damaged shard is refused by name
+    assert rows(hbg.merge_variation_shards(folders, folders[0])) == rows(clean_run[1])
+    damaged = folders[1] / "data-00001.arrow"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"{damaged} cannot be merged: it holds 100 bytes"):
+        hbg.merge_variation_shards(folders, tmp_path / "merged-damaged")
+
+
+@pytest.fixture(scope="module")
+def parquet_files(ds, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("parquet")
+    ds.select(range(6)).to_parquet(str(folder / "part-0.parquet"))
+    ds.select(range(6, 10)).to_parquet(str(folder / "part-1.parquet"))
+    return [str(folder / "part-0.parquet"), str(folder / "part-1.parquet")]
+
+
+def stream(files):
+    from datasets import load_dataset
+
+    return load_dataset("parquet", data_files=files, split="train", streaming=True)
+
+
+def test_streaming_input_gives_the_same_shards_and_resumes_by_row_count(clean_run, parquet_files, tmp_path):
+    out_dir = tmp_path / "streamed"
+    interrupted = ddim_variation()
+    count_calls(interrupted, fail_after=3)  # dies in shard 1
+    with pytest.raises(KeyboardInterrupt):
+        hbg.generate_variations(stream(parquet_files), interrupted, out_dir, batch_size=2, shard_size=4)
+    assert [p.name for p in shard_files(out_dir)] == ["data-00000.arrow"]
+
+    resumed = ddim_variation()
+    calls = count_calls(resumed)
+    result = hbg.generate_variations(stream(parquet_files), resumed, out_dir, batch_size=2, shard_size=4)
+    assert calls == [4, 4, 4]  # shard 0 skipped by row count; shards 1 (2 batches) and 2 (1 batch)
+    assert rows(result) == rows(clean_run[1])
+    assert [p.read_bytes() for p in shard_files(out_dir)] == [p.read_bytes() for p in shard_files(clean_run[0])]
+
+    again = ddim_variation()
+    calls = count_calls(again)
+    assert rows(hbg.generate_variations(stream(parquet_files), again, out_dir, batch_size=2, shard_size=4)) == \
+        rows(clean_run[1])
+    assert calls == []
+    with pytest.raises(ValueError, match="stream's rows differ|input rows .* differ"):
+        hbg.generate_variations(stream(parquet_files[::-1]), ddim_variation(), out_dir, batch_size=2, shard_size=4)
+
+
+class RecordingHfApi:
+    """Stand-in for huggingface_hub.HfApi: no offline server accepts uploads (olah, the local Hub of the other
+    tests, is read-only), so the calls are recorded, with what each uploaded file held at the time."""
+
+    calls: list = []
+    fail_paths: set = set()
+
+    def __init__(self, token=None, **kwargs):
+        self.token = token
+
+    def create_repo(self, repo_id, *, repo_type=None, private=None, exist_ok=False, **kwargs):
+        self.calls.append(("create_repo", repo_id, repo_type, private, exist_ok))
+
+    def upload_file(self, *, path_or_fileobj, path_in_repo, repo_id, repo_type=None, commit_message=None, **kwargs):
+        import pyarrow.parquet as pq
+
+        if path_in_repo in self.fail_paths:
+            raise ConnectionError("hub unreachable")
+        if path_in_repo.endswith(".parquet"):
+            table = pq.read_table(path_or_fileobj)
+            held = (table.num_rows, sorted(set(table.column("source_index").to_pylist())))
+        else:
+            held = path_or_fileobj.decode()
+        self.calls.append(("upload_file", path_in_repo, repo_id, repo_type, self.token, held))
+
+
+def test_finished_shards_are_pushed_to_a_hub_dataset_repo_as_parquet(ds, clean_run, tmp_path, monkeypatch):
+    from hf_backdoor_guard.variations import hub_push
+
+    api = type("Recording", (RecordingHfApi,), {"calls": [], "fail_paths": {"data/train-00001.parquet"}})
+    monkeypatch.setattr(hub_push, "HfApi", api)
+    out_dir = tmp_path / "v"
+    with pytest.raises(RuntimeError, match=r"shards \[1\] could not be pushed to hbg/varied \(first error: "
+                                           "ConnectionError: hub unreachable\\)"):
+        hbg.generate_variations(ds, ddim_variation(), out_dir, batch_size=2, shard_size=4, push_to_hub="hbg/varied",
+                                hub_token="hf_dummy")
+    assert api.calls == [
+        ("create_repo", "hbg/varied", "dataset", None, True),
+        ("upload_file", "data/train-00000.parquet", "hbg/varied", "dataset", "hf_dummy", (8, [0, 1, 2, 3])),
+        ("upload_file", "data/train-00002.parquet", "hbg/varied", "dataset", "hf_dummy", (4, [8, 9])),
+    ]
+    assert not list(out_dir.glob(".*staging"))  # staged parquet files are removed after each upload
+
+    api.calls.clear()
+    api.fail_paths = set()
+    variation = ddim_variation()
+    calls = count_calls(variation)
+    result = hbg.generate_variations(ds, variation, out_dir, batch_size=2, shard_size=4, push_to_hub="hbg/varied",
+                                     hub_token="hf_dummy")
+    assert calls == [] and rows(result) == rows(clean_run[1])
+    assert [call[1] for call in api.calls] == ["hbg/varied", "data/train-00001.parquet", "README.md"]
+    assert api.calls[1][-1] == (8, [4, 5, 6, 7])
+    card = api.calls[2][-1]
+    assert "path: data/train-*" in card and '"num_variations": 2' in card
+    with pytest.raises(ValueError, match="push_to_hub must be a Hub dataset repo id"):
+        hbg.generate_variations(ds, ddim_variation(), tmp_path / "w", push_to_hub="no-namespace")

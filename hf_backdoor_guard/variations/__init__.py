@@ -8,6 +8,7 @@ from .adapters import SUPPORTED_CLASSES
 from .color import lab_to_rgb, rgb_to_lab, transfer_color
 from .core import ImageVariation, variation_seed
 from .generate import generate_variations
+from .merge import merge_variation_shards
 
-__all__ = ["ImageVariation", "generate_variations", "transfer_color", "rgb_to_lab", "lab_to_rgb",
-           "variation_seed", "SUPPORTED_CLASSES"]
+__all__ = ["ImageVariation", "generate_variations", "merge_variation_shards", "transfer_color", "rgb_to_lab",
+           "lab_to_rgb", "variation_seed", "SUPPORTED_CLASSES"]

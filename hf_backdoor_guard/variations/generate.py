@@ -1,224 +1,349 @@
-"""``generate_variations``: resumable, sharded, multi-process variation of a whole dataset.
+"""``generate_variations``: resumable, sharded, multi-process (and multi-node) variation of a dataset.
 
-Rows are cut into shards of ``shard_size`` source rows. Each shard is written to
-``output_dir`` as one Arrow file, first under a temporary name and renamed only once
-complete, so a crash or Ctrl-C never leaves a half shard that looks finished. A
-manifest records the fingerprint of everything that decides the output (the variation's
-settings and weights, the input dataset, the shard size); a rerun with the same
-fingerprint skips finished shards, a rerun with another refuses to mix the two.
+Rows are cut into shards of ``shard_size`` source rows, each written as one Arrow file
+with a manifest (``shards.py``): a rerun keeps the shards whose manifest matches and
+redoes the others, a rerun with other settings refuses to mix the two. While the
+accelerator denoises one batch, threads decode the next inputs and post-process, encode
+and write the previous outputs (``writer.py``).
 
-Under ``accelerate launch`` / ``torchrun`` each process takes shards ``rank, rank + W,
-...``; batches never cross a shard boundary, so every image is computed in the same
-batch whatever the number of processes, and the result is bit-identical to one process.
-When all shards are done the main process writes ``state.json`` and
-``dataset_info.json``, which makes ``output_dir`` a regular ``save_to_disk`` folder:
+Under ``accelerate launch`` / ``torchrun`` each process takes every W-th shard; batches
+never cross a shard boundary, so every image is computed in the same batch whatever
+the number of processes, and the output is bit-identical to one process. The main
+process holds an advisory lock on the folder for the run, so a second run on the same
+folder fails with a message naming the first (or waits, with ``wait=True``).
+
+Several machines without shared storage each run one *part* (``part_index`` of
+``num_parts``: the shards ``i`` with ``i % num_parts == part_index``) into a folder of
+their own; :func:`merge_variation_shards` then gathers the parts, checking every shard
+against its manifest. The input may be a ``datasets.IterableDataset``
+(``load_dataset(..., streaming=True)``): it is read once, in order, and a rerun skips
+the finished shards by row count. Finished shards can be pushed to a Hub dataset repo
+as parquet as they finish (``push_to_hub``, ``hub_push.py``).
+
+When every shard is done, the folder is also a regular ``save_to_disk`` folder:
 ``datasets.load_from_disk(output_dir)`` opens it later without the pipeline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
 
+from ..outputs import check_output_dir, claim_output_dir, locked, record_outputs, write_json_atomic
 from ..validation import check_int
+from . import hub_push, shards
 from .core import ImageVariation
+from .inputs import check_inputs, dataset_items, stream_items
+from .processes import Processes, current_processes, host
+from .shards import ShardSpec
+from .writer import ShardWriter, prefetch
 
 logger = logging.getLogger(__name__)
 
+OWNER = "generate_variations"
 MANIFEST = "variations_manifest.json"
-MANIFEST_VERSION = 1
-
-
-def _atomic_write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-class _SingleProcess:
-    """Stands in for accelerate's PartialState when nothing was launched in parallel."""
-
-    process_index, num_processes, is_main_process = 0, 1, True
-
-    def wait_for_everyone(self) -> None:
-        pass
-
-
-class _TorchDistributed:
-    """A process group someone already started (torchrun, accelerate, a debug launcher)."""
-
-    def __init__(self):
-        import torch.distributed as dist
-
-        self._dist = dist
-        self.process_index, self.num_processes = dist.get_rank(), dist.get_world_size()
-        self.is_main_process = self.process_index == 0
-
-    def wait_for_everyone(self) -> None:
-        self._dist.barrier()
-
-
-def _process_state():
-    """Rank, world size and barrier of the current launch; one process when nothing was launched.
-
-    Under ``accelerate launch`` / ``torchrun`` accelerate's PartialState sets up the
-    process group; an initialised ``torch.distributed`` group is used as is. A plain
-    single-process call does not create accelerate's global state as a side effect.
-    """
-    import torch.distributed as dist
-    from accelerate import PartialState
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or PartialState._shared_state:
-        state = PartialState()
-        if state.num_processes > 1:
-            return state
-    # torchrun on a machine without GPUs: PartialState starts the process group but reports one
-    # process; accelerate's debug_launcher starts the group without the environment variables.
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return _TorchDistributed()
-    return _SingleProcess()
-
-
-def _shard_name(index: int, count: int) -> str:
-    return f"data-{index:05d}-of-{count:05d}.arrow"
+MANIFEST_VERSION = 2
 
 
 def generate_variations(ds, variation: ImageVariation, output_dir: str | os.PathLike, batch_size: int = 8,
-                        shard_size: int | None = None, *, progress: bool = True):
+                        shard_size: int | None = None, *, progress: bool = True, overlap: bool = True,
+                        wait: bool = False, part_index: int = 0, num_parts: int = 1, push_to_hub: str | None = None,
+                        hub_token: str | None = None, hub_private: bool | None = None):
     """Vary every row of ``ds`` with ``variation`` and return the finished ``Dataset``.
 
     Args:
-        ds: the input ``datasets.Dataset`` (not modified).
+        ds: the input ``datasets.Dataset``, or an ``IterableDataset`` (streaming; read in
+            order, once per process). Not modified.
         variation: an ``ImageVariation``.
-        output_dir: where shards, the manifest and finally the dataset files go. It must be
+        output_dir: where shards, manifests and finally the dataset files go. It must be
             new, empty, or a folder from an earlier call with the same settings (resumed).
         batch_size: source rows per pipeline call (each gives ``num_variations`` images).
         shard_size: source rows per shard file (default ``64 * batch_size``). Smaller shards
-            lose less work on a crash; the shard layout is part of the fingerprint.
+            lose less work on a crash; shard and batch sizes are part of the settings.
         progress: show a progress bar (main process only) with images/s.
+        overlap: run decoding, post-processing, encoding and writing in threads, alongside
+            the denoising (same output bytes; ``False`` runs them in turn).
+        wait: when another run holds ``output_dir``, wait for it instead of failing.
+        part_index, num_parts: run only part ``part_index`` of ``num_parts`` (shards ``i``
+            with ``i % num_parts == part_index``), e.g. one part per machine when the
+            machines share no storage; gather the parts with ``merge_variation_shards``.
+        push_to_hub: a Hub dataset repo id: push each finished shard there as
+            ``data/train-0000i.parquet`` (and a short card at the end).
+        hub_token, hub_private: token and visibility for ``push_to_hub``.
 
     Returns:
         The varied dataset, memory-mapped from ``output_dir`` (``num_variations`` rows per
-        input row, in input order, with ``source_index`` and ``variation_index``).
+        input row, in input order, with ``source_index`` and ``variation_index``); with
+        ``num_parts > 1``, the rows of this part only.
     """
-    from datasets import Dataset, DatasetInfo, load_from_disk
-    from datasets.utils.py_utils import asdict  # datasets' own: JSON-ready features (ClassLabel names...)
+    from datasets import Dataset, IterableDataset
     from tqdm.auto import tqdm
 
     # --- every check before any work -------------------------------------------------
     if not isinstance(variation, ImageVariation):
         raise ValueError(f"variation must be an ImageVariation, got {type(variation).__name__}.")
-    if not isinstance(ds, Dataset):
-        raise ValueError(f"Expected a datasets.Dataset, got {type(ds).__name__}.")
-    variation.check_dataset(ds)
+    streaming = isinstance(ds, IterableDataset)
+    if streaming:
+        _check_stream(ds, variation)
+    elif isinstance(ds, Dataset):
+        variation.check_dataset(ds)
+    else:
+        raise ValueError(f"Expected a datasets.Dataset or IterableDataset, got {type(ds).__name__}.")
     check_int("batch_size", batch_size)
-    if shard_size is None:
-        shard_size = 64 * batch_size
+    shard_size = 64 * batch_size if shard_size is None else shard_size
     check_int("shard_size", shard_size)
+    check_int("num_parts", num_parts)
+    check_int("part_index", part_index, minimum=0, maximum=num_parts - 1)
+    if push_to_hub is not None:
+        _check_repo_id(push_to_hub)
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output_dir {output_dir} exists and is not a folder.")
+    check_folder(output_dir)
 
-    state = _process_state()
-    rank, world = state.process_index, state.num_processes
-    source = ds.with_format(None)  # plain python values whatever format/transform the user set
-    features = variation.output_features(ds.features)
-    num_rows = len(ds)
-    num_shards = (num_rows + shard_size - 1) // shard_size
+    processes = current_processes()
+    num_variations = variation.num_variations
     settings = {
         "version": MANIFEST_VERSION,
         "variation": variation.fingerprint,
         "variation_settings": json.loads(json.dumps(variation.settings(), default=str)),
-        "dataset_fingerprint": ds._fingerprint,
-        "num_rows": num_rows,
+        "input_features": ds.features.to_dict(),
+        "num_rows": None if streaming else len(ds),
         "shard_size": shard_size,
-        "num_shards": num_shards,
+        "batch_size": batch_size,
     }
-    manifest_path = output_dir / MANIFEST
+    digest = settings_digest(settings)
 
-    def check_manifest() -> bool:
-        if not manifest_path.is_file():
-            return False
-        recorded = json.loads(manifest_path.read_text())
-        recorded_settings = {key: recorded.get(key) for key in settings}
-        if recorded_settings != settings:
-            changed = sorted(key for key in settings if recorded_settings[key] != settings[key])
+    with claimed(output_dir, processes, settings, wait):
+        if push_to_hub is not None and processes.is_main:
+            hub_push.create_dataset_repo(push_to_hub, hub_token, hub_private)
+        processes.barrier()
+
+        def is_mine(index: int) -> bool:
+            return index % num_parts == part_index and (index // num_parts) % processes.world == processes.rank
+
+        if streaming:
+            todo_rows, items = None, stream_items(ds, variation, output_dir, shard_size, batch_size, is_mine, digest)
+        else:
+            mine = [spec for spec in shards.shard_specs(len(ds), shard_size) if is_mine(spec.index)]
+            done, todo = _sort_out(output_dir, mine, num_variations, digest)
+            check_inputs(ds, output_dir, done, batch_size)
+            if done:
+                logger.info("Process %d: %d of its %d shards already done in %s; resuming.", processes.rank,
+                            len(done), len(mine), output_dir)
+            todo_rows = sum(spec.stop - spec.start for spec in todo)
+            items = dataset_items(ds, variation, todo, batch_size)
+
+        pusher = hub_push.ShardPusher(output_dir, push_to_hub, hub_token) if push_to_hub else None
+        if pusher is not None and not streaming:  # shards finished earlier but not pushed yet
+            for spec in done:
+                if not hub_push.is_pushed(shards.read_manifest(output_dir, spec.index), push_to_hub):
+                    pusher.submit(spec.index)
+        bar = tqdm(total=None if todo_rows is None else todo_rows * num_variations, unit="img",
+                   desc="Image variations", disable=not (progress and processes.is_main))
+        writer = ShardWriter(output_dir, variation, variation.output_features(ds.features), num_variations, digest,
+                             bar, background=overlap,
+                             on_finished=None if pusher is None else lambda spec, _: pusher.submit(spec.index))
+        num_rows = None if streaming else len(ds)
+        try:
+            with contextlib.closing(prefetch(items, enabled=overlap)) as reader:
+                for item in reader:
+                    kind = item[0]
+                    if kind == "batch":
+                        _, indices, batch, sources = item
+                        writer.add(indices, batch, sources, variation.denoise(sources, indices))
+                    elif kind == "begin":
+                        writer.begin(item[1])
+                    elif kind == "end":
+                        writer.end(item[1], item[2])
+                    elif kind == "pushed?":  # a finished shard of the stream
+                        if pusher is not None and not hub_push.is_pushed(item[1], push_to_hub):
+                            pusher.submit(item[1]["shard"])
+                    else:  # "rows": the stream's length
+                        num_rows = item[1]
+        finally:
+            try:
+                writer.close()
+            finally:
+                bar.close()
+                failed = pusher.close() if pusher is not None else {}
+        processes.barrier()
+        return assemble(output_dir, processes, settings, digest, num_rows, part_index, num_parts, failed,
+                         push_to_hub, hub_token)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_stream(ds, variation: ImageVariation) -> None:
+    from datasets import Image
+
+    if ds.features is None:
+        raise ValueError("The streaming dataset does not know its features; give them, e.g. "
+                         "ds = ds.cast(datasets.Features({...})), so the image column can be checked.")
+    column = variation.image_column
+    if column not in ds.features:
+        raise ValueError(f"Image column '{column}' not found; the dataset has columns {list(ds.features)}. "
+                         "Pass image_column=... to name it.")
+    if not isinstance(ds.features[column], Image):
+        raise ValueError(f"Column '{column}' has feature {ds.features[column]!r}; expected datasets.Image().")
+    variation._check_columns(ds.features)
+
+
+def _check_repo_id(repo_id) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+            raise HFValidationError("expected 'namespace/name'")
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"push_to_hub must be a Hub dataset repo id 'namespace/name', got {repo_id!r} ({error}).")
+
+
+def check_folder(output_dir: Path) -> None:
+    """The folder guard, before any work: new, empty, or ours; folders of older versions are named as such."""
+    from ..outputs import read_marker
+
+    if output_dir.is_dir() and read_marker(output_dir) is None and (output_dir / MANIFEST).is_file():
+        raise ValueError(
+            f"output_dir {output_dir} was written by an older version of generate_variations, whose shards carry "
+            "no checksums and cannot be verified; use a new output_dir (nothing there was touched)."
+        )
+    check_output_dir(output_dir, OWNER)
+
+
+def settings_digest(settings: dict) -> str:
+    import xxhash
+
+    return xxhash.xxh3_128(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def read_folder_manifest(folder: Path) -> dict | None:
+    try:
+        record = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("settings"), dict) else None
+
+
+@contextlib.contextmanager
+def claimed(output_dir: Path, processes: Processes, settings: dict, wait: bool):
+    """Claim and lock ``output_dir`` (main process) for the run, and agree on its settings manifest."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if processes.is_main:
+            try:
+                claim_output_dir(output_dir, OWNER)
+                stack.enter_context(locked(output_dir, OWNER, wait=wait))
+                _check_or_write_settings(output_dir, settings)
+            except (RuntimeError, ValueError) as caught:
+                error = caught
+        processes.raise_together(error)
+        # Every process must see the manifest the main process wrote; if not, the folder is not shared.
+        seen = processes.gather((host(), (output_dir / MANIFEST).is_file()))
+        blind = sorted({name for name, visible in seen if not visible})
+        if blind:
             raise ValueError(
-                f"output_dir {output_dir} holds variations made with other settings (differing: {changed}); "
-                "refusing to mix them. Use a new output_dir, or delete this one to start over."
+                f"output_dir {output_dir} is not on storage shared by all processes (not visible on {blind}). Put it "
+                "on shared storage, or run one job per machine with part_index=i, num_parts=n into a folder of its "
+                "own and gather them with merge_variation_shards."
             )
-        return True
-
-    has_manifest = check_manifest()
-    if not has_manifest and output_dir.is_dir() and any(output_dir.iterdir()):
-        found = sorted(path.name for path in output_dir.iterdir())[:3]
-        raise ValueError(f"output_dir {output_dir} is not empty (holds {found}...) and was not written by "
-                         "generate_variations; choose a new or empty folder (nothing there was touched).")
-    if state.is_main_process and not has_manifest:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_json(manifest_path, {**settings, "batch_size": batch_size,
-                                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    state.wait_for_everyone()
-    check_manifest()
-
-    # --- this process's shards --------------------------------------------------------
-    mine = [i for i in range(rank, num_shards, world)]
-    pending = [i for i in mine if not (output_dir / _shard_name(i, num_shards)).is_file()]
-    skipped = len(mine) - len(pending)
-    if skipped:
-        logger.info("Process %d: %d of its %d shards already done in %s; resuming.", rank, skipped, len(mine),
-                    output_dir)
-    todo_rows = sum(min(shard_size, num_rows - i * shard_size) for i in pending)
-    bar = tqdm(total=todo_rows * variation.num_variations, unit="img", desc="Image variations",
-               disable=not (progress and state.is_main_process))
-    try:
-        for index in pending:
-            _write_shard(source, variation, features, output_dir, index, num_shards, shard_size, batch_size, bar)
-    finally:
-        bar.close()
-    state.wait_for_everyone()
-
-    # --- assembly -----------------------------------------------------------------------
-    files = [_shard_name(i, num_shards) for i in range(num_shards)]
-    if state.is_main_process:
-        missing = [name for name in files if not (output_dir / name).is_file()]
-        if missing:
-            raise RuntimeError(f"Shards {missing} are missing from {output_dir} after every process finished.")
-        info = asdict(DatasetInfo(features=features))
-        (output_dir / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
-        _atomic_write_json(output_dir / "state.json", {
-            "_data_files": [{"filename": name} for name in files],
-            "_fingerprint": variation.fingerprint[:16] + settings["dataset_fingerprint"][:16],
-            "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
-            "_output_all_columns": False, "_split": None,
-        })
-    state.wait_for_everyone()
-    return load_from_disk(str(output_dir))
+        yield
 
 
-def _write_shard(source, variation, features, output_dir: Path, index: int, num_shards: int, shard_size: int,
-                 batch_size: int, bar) -> None:
-    """Vary the rows of shard ``index`` batch by batch, streaming them to one Arrow file."""
-    from datasets.arrow_writer import ArrowWriter
+def _check_or_write_settings(output_dir: Path, settings: dict) -> None:
+    recorded = read_folder_manifest(output_dir)
+    if recorded is None:
+        created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json_atomic(output_dir / MANIFEST, {"settings": settings, "created": created}, sort_keys=True)
+        record_outputs(output_dir, [MANIFEST])
+        return
+    if recorded["settings"] != settings:
+        changed = sorted(k for k in settings.keys() | recorded["settings"].keys()
+                         if settings.get(k) != recorded["settings"].get(k))
+        raise ValueError(
+            f"output_dir {output_dir} holds variations made with other settings (differing: {changed}); refusing to "
+            "mix them. Use a new output_dir, or delete this one to start over."
+        )
 
-    start = index * shard_size
-    stop = min(start + shard_size, len(source))
-    final = output_dir / _shard_name(index, num_shards)
-    partial = output_dir / f".{final.name}.partial"
-    began = time.perf_counter()
-    writer = ArrowWriter(features=features, path=str(partial))
-    try:
-        for low in range(start, stop, batch_size):
-            high = min(low + batch_size, stop)
-            out = variation(source[low:high], list(range(low, high)))
-            writer.write_batch(features.encode_batch(out))
-            bar.update(len(out[variation.image_column]))
-        writer.finalize()
-    finally:
-        writer.close()
-    os.replace(partial, final)
-    logger.info("Shard %d/%d (rows %d-%d) written in %.1fs", index + 1, num_shards, start, stop - 1,
-                time.perf_counter() - began)
+
+# ----------------------------------------------------------------------------- shards to do
+
+
+def _sort_out(folder: Path, specs: list[ShardSpec], num_variations: int, digest: str):
+    """Split ``specs`` into shards done (verified) and to do; damaged shards are logged and redone."""
+    done, todo = [], []
+    for spec in specs:
+        manifest, problem = shards.check_shard(folder, spec, num_variations, digest)
+        if manifest is not None:
+            done.append(spec)
+            continue
+        if problem is not None:
+            logger.warning("Shard %s is not trusted, redoing it: %s.", folder / shards.shard_name(spec.index), problem)
+        todo.append(spec)
+    return done, todo
+
+
+# ----------------------------------------------------------------------------- the end
+
+
+def assemble(folder: Path, processes: Processes, settings: dict, digest: str, num_rows: int | None, part_index: int,
+              num_parts: int, failed: dict, push_to_hub: str | None, hub_token: str | None):
+    """Check the part's shards row by row, finish the folder (main process) and return the dataset."""
+    lengths = set(processes.gather(num_rows))
+    num_variations = settings["variation_settings"]["num_variations"]
+    specs = [spec for spec in shards.shard_specs(num_rows or 0, settings["shard_size"])
+             if spec.index % num_parts == part_index]
+    error, failures = None, processes.gather(failed)
+    if processes.is_main:
+        try:
+            if len(lengths) > 1:
+                raise RuntimeError(f"The processes read inputs of different lengths ({sorted(lengths)} rows).")
+            if not specs:
+                raise ValueError("The dataset is empty: there is nothing to process.")
+            _finish_folder(folder, specs, settings, digest, num_rows, part_index, num_parts)
+            unpushed = sorted(index for found in failures for index in found)
+            if push_to_hub and not unpushed:
+                hub_push.push_card(push_to_hub, hub_token, num_rows, settings["variation_settings"])
+        except (RuntimeError, ValueError) as caught:
+            error = caught
+    processes.raise_together(error)
+    dataset = shards.load_shards(folder, specs, num_variations)
+    unpushed = {index: why for found in failures for index, why in found.items()}
+    if unpushed:
+        raise RuntimeError(
+            f"Generation is complete in {folder}, but shards {sorted(unpushed)} could not be pushed to {push_to_hub} "
+            f"(first error: {next(iter(unpushed.values()))}). Run the same call again to push them; nothing is "
+            "generated again."
+        )
+    return dataset
+
+
+def _finish_folder(folder: Path, specs: list[ShardSpec], settings: dict, digest: str, num_rows: int, part_index: int,
+                   num_parts: int) -> None:
+    from datasets import Dataset
+
+    num_variations = settings["variation_settings"]["num_variations"]
+    for spec in specs:
+        manifest = shards.read_manifest(folder, spec.index)
+        path = folder / shards.shard_name(spec.index)
+        if manifest is None or not path.is_file() or manifest.get("num_bytes") != path.stat().st_size:
+            raise RuntimeError(f"Shard {path} or its manifest is missing or does not match after every process "
+                               "finished; run the same call again to redo it.")
+        shards.check_shard_rows(path, spec, num_variations)
+    names = [name for spec in specs for name in (shards.shard_name(spec.index), shards.manifest_name(spec.index))]
+    if num_parts == 1:
+        features = Dataset.from_file(str(folder / shards.shard_name(specs[0].index))).features  # as stored
+        shards.write_load_from_disk_layout(folder, specs, features, digest[:16])
+        names += ["dataset_info.json", "state.json"]
+    else:
+        logger.info("Part %d of %d is complete in %s; gather the parts with merge_variation_shards.", part_index,
+                    num_parts, folder)
+    record_outputs(folder, names)
+    record = read_folder_manifest(folder)
+    record["complete"] = {"num_rows": num_rows, "num_shards": len(shards.shard_specs(num_rows, settings["shard_size"])),
+                          "part_index": part_index, "num_parts": num_parts}
+    write_json_atomic(folder / MANIFEST, record, sort_keys=True)
