@@ -28,6 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--push-to-hub", metavar="REPO", default=None,
                       help="Publish the distilled student to this Hub repo with a model card (one attack only).")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="Start over in an earlier demo's folder with other settings (removes only its outputs).")
+
+    defend = commands.add_parser(
+        "defend",
+        help="Run the whole method on your dataset: a robust model, a cleaned dataset and the suspicious rows.",
+        description="Train a teacher on your (possibly poisoned) data, generate diffusion variations of every "
+        "training image, flag the rows whose variations disagree with the teacher, and distil a robust student. "
+        "Writes model/, cleaned/, detection.json and report.md to --output-dir; every stage is cached there, so a "
+        "rerun resumes. Runs under `accelerate launch -m hf_backdoor_guard.cli defend ...` with several processes.",
+    )
+    _add_config_flags(defend, ATTACKS.names())
 
     publish = commands.add_parser(
         "publish",
@@ -55,6 +67,61 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--keep-poisoning-columns", action="store_true",
                          help="Datasets: keep ground-truth columns such as poisoned / original_label.")
     return parser
+
+
+def _flag_type(annotation: str):
+    """The argparse type of a ``DefendConfig`` field from its annotation (``"int | None"`` -> int); None: no flag."""
+    for name, kind in (("bool", bool), ("dict", None), ("float", float), ("int", int), ("str", str)):
+        if name in annotation:
+            return kind
+    return str
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, attack_names) -> None:
+    """One flag per ``DefendConfig`` field (``--num-train-epochs``); defaults stay unset so that
+    ``--config FILE.yaml`` supplies them and flags override it. Mappings are set in the file."""
+    import dataclasses
+
+    from .pipeline.config import DefendConfig
+
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (the flag names with "
+                        "underscores or dashes; mappings such as variation_options too); flags override it.")
+    for item in dataclasses.fields(DefendConfig):
+        kind = _flag_type(str(item.type))
+        if kind is None:
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        help_text = item.metadata["help"]
+        if item.default not in (None, dataclasses.MISSING) and "default" not in help_text:
+            help_text += f" (default: {item.default})"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif item.name == "attack":
+            parser.add_argument(flag, choices=attack_names, default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def _run_defend(args: argparse.Namespace) -> int:
+    from .pipeline.config import DefendConfig
+
+    options = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    try:
+        config = DefendConfig.from_sources(args.config, **options)
+        from .pipeline.defend import defend_main
+
+        result = defend_main(config)
+    except ValueError as error:  # bad input: a message, before any work
+        logging.getLogger(__name__).error("backdoor-guard defend: %s", error)
+        return 2
+    if result:
+        from .pipeline.report import metrics_table
+
+        detection = result["detection"]
+        print(metrics_table(result["models"], markdown=False))
+        print(f"\nFlagged {detection['flagged']} of {detection['rows']} training rows; report: "
+              f"{config.output_dir}/report.md")
+    return 0
 
 
 def _run_publish(args: argparse.Namespace) -> int:
@@ -107,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import run_demo_cli
 
         return run_demo_cli(args)
+    if args.command == "defend":
+        return _run_defend(args)
     if args.command == "publish":
         return _run_publish(args)
     return 2

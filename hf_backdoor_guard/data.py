@@ -1,4 +1,10 @@
-"""A small real dataset that ships with scikit-learn: handwritten digits.
+"""Datasets: the user's image data (Hub id, ``imagefolder``, ``save_to_disk`` folder) and the digits.
+
+:func:`load_image_splits` opens the training and evaluation splits of whatever a user
+points ``--dataset`` at and checks the image and label columns before any work (an
+error lists the columns and splits the dataset has).
+
+The embedded benchmark uses a small real dataset that ships with scikit-learn: handwritten digits.
 
 scikit-learn's ``load_digits`` holds 1,797 8x8 grey images (values 0..16) inside the
 wheel, so the demo, the embedded diffusion model and the tests run with no download.
@@ -14,6 +20,7 @@ Three disjoint splits are drawn once with a fixed seed, stratified by class:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +29,7 @@ from PIL import Image as PILImage
 from .validation import check_int
 
 if TYPE_CHECKING:
-    from datasets import DatasetDict
+    from datasets import Dataset, DatasetDict
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 _RESAMPLE = {
@@ -129,3 +136,124 @@ def load_digits_dataset(
             for name, (images, labels) in splits.items()
         }
     )
+
+
+# --- a user's dataset ----------------------------------------------------------------------
+def saved_dataset_kind(path: str | Path) -> str | None:
+    """``"dict"`` or ``"dataset"`` for a ``save_to_disk`` folder, else None."""
+    path = Path(path)
+    if (path / "dataset_dict.json").is_file():
+        return "dict"
+    if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
+        return "dataset"
+    return None
+
+
+def _open_splits(dataset: str, data_dir: str | None, config_name: str | None, revision: str | None,
+                 option: str) -> "DatasetDict":
+    import datasets
+
+    if not dataset:
+        raise ValueError(f"{option} is required: a Hub dataset id, 'imagefolder' with a data folder, "
+                         "or a folder written by save_to_disk.")
+    path = Path(dataset).expanduser()
+    kind = saved_dataset_kind(path) if path.is_dir() else None
+    if kind == "dict":
+        return datasets.load_from_disk(str(path))
+    if kind == "dataset":  # a single saved Dataset has no split names: call it "train"
+        return datasets.DatasetDict({"train": datasets.load_from_disk(str(path))})
+    if dataset == "imagefolder" and not data_dir:
+        raise ValueError(f"{option}=imagefolder needs a data folder (data_dir, --data-dir) holding "
+                         "<split>/<class>/<image> files.")
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise ValueError(f"data_dir {data_dir} is not a folder.")
+    try:
+        loaded = datasets.load_dataset(dataset, config_name, data_dir=data_dir, revision=revision)
+    except (FileNotFoundError, ConnectionError, OSError, ValueError) as error:
+        raise ValueError(f"{option} '{dataset}' could not be loaded ({type(error).__name__}: {error}).") from error
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise ValueError(f"{option} '{dataset}' did not load as a dataset with splits.")
+    return loaded
+
+
+def _check_columns(ds: "Dataset", image_column: str, label_column: str, what: str) -> int | None:
+    from .validation import check_dataset
+
+    try:
+        return check_dataset(ds, image_column, label_column)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from error
+
+
+def class_names(ds: "Dataset", label_column: str = "label") -> list[str]:
+    """Class names from a ``ClassLabel`` column, else "0", "1", ... up to the largest label."""
+    from datasets import ClassLabel
+
+    feature = ds.features[label_column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    labels = ds[label_column]
+    return [str(i) for i in range(max(labels) + 1)] if labels else []
+
+
+def load_image_splits(
+    dataset: str,
+    split: str = "train",
+    eval_split: str | None = None,
+    *,
+    data_dir: str | None = None,
+    config_name: str | None = None,
+    revision: str | None = None,
+    image_column: str = "image",
+    label_column: str = "label",
+    option: str = "dataset",
+) -> tuple["Dataset", "Dataset | None"]:
+    """The training split and the evaluation split of a dataset, with checked columns.
+
+    Args:
+        dataset: a Hub id, ``"imagefolder"`` (with ``data_dir``: ``<split>/<class>/<image>``
+            files) or a ``save_to_disk`` folder (a ``DatasetDict``, or a single ``Dataset``,
+            which counts as split ``"train"``).
+        split: the training split.
+        eval_split: the evaluation split; ``None`` picks ``test`` or ``validation`` when the
+            dataset has one (else no evaluation split: ``None`` is returned for it).
+        image_column, label_column: the columns holding the images (``datasets.Image``) and
+            the integer / ``ClassLabel`` labels.
+
+    Raises ``ValueError`` naming the split or column at fault and listing what the dataset has.
+    Both splits must share the classes (``ClassLabel`` names, when both have them).
+    """
+    splits = _open_splits(dataset, data_dir, config_name, revision, option)
+    names = list(splits)
+    if split not in splits:
+        raise ValueError(f"{option} '{dataset}' has no split '{split}'; its splits are {names} (--split).")
+    if eval_split is None:
+        eval_split = next((name for name in ("test", "validation", "valid", "val") if name in splits), None)
+    elif eval_split not in splits:
+        raise ValueError(f"{option} '{dataset}' has no split '{eval_split}'; its splits are {names} (--eval-split).")
+    if eval_split == split:
+        raise ValueError(f"eval_split and split are both '{split}': evaluate on data the models were not trained on.")
+    train = splits[split]
+    _check_columns(train, image_column, label_column, f"split '{split}'")
+    evaluation = None
+    if eval_split is not None:
+        evaluation = splits[eval_split]
+        _check_columns(evaluation, image_column, label_column, f"split '{eval_split}'")
+        from datasets import ClassLabel
+
+        train_feature, eval_feature = train.features[label_column], evaluation.features[label_column]
+        if isinstance(train_feature, ClassLabel) and isinstance(eval_feature, ClassLabel) \
+                and train_feature.names != eval_feature.names:
+            raise ValueError(f"splits '{split}' and '{eval_split}' name their classes differently "
+                             f"({train_feature.names[:5]}... vs {eval_feature.names[:5]}...).")
+    return train, evaluation
+
+
+def stratified_subset(ds: "Dataset", rows: int | None, seed: int, label_column: str = "label") -> "Dataset":
+    """A class-stratified subset of ``rows`` rows, in the original order (all rows when ``rows`` is None)."""
+    if rows is None or rows >= len(ds):
+        return ds
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(len(ds)), train_size=rows, random_state=seed, stratify=ds[label_column])
+    return ds.select(np.sort(keep))

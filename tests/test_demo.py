@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from hf_backdoor_guard.cli import build_parser
-from hf_backdoor_guard.demo import MARKER, REPORT_FILES, run_demo, run_demo_cli
+from hf_backdoor_guard.demo import REPORT_FILES, run_demo, run_demo_cli
+from hf_backdoor_guard.outputs import MARKER
+from hf_backdoor_guard.pipeline.defend import OUTPUT_NAMES
 
 QUICK = dict(train_rows=120, test_rows=60, teacher_epochs=3, student_epochs=3,
              variation_options={"num_inference_steps": 4, "num_variations": 1})
@@ -26,7 +28,8 @@ def _check_metrics(models):
 def test_short_demo_writes_every_report_file(tmp_path):
     out = tmp_path / "demo"
     result = run_demo("badnets", out, seed=3, **QUICK)
-    assert {p.name for p in out.iterdir()} == set(REPORT_FILES) | {MARKER}
+    written = {p.name for p in out.iterdir() if not p.name.startswith(".hf-backdoor-guard.lock")}
+    assert written == set(REPORT_FILES) | set(OUTPUT_NAMES) | {MARKER}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["attack"] == "badnets" and metrics["seed"] == 3 and metrics["seconds"] > 0
     _check_metrics(metrics["models"])
@@ -38,17 +41,23 @@ def test_short_demo_writes_every_report_file(tmp_path):
     assert "| teacher |" in report and "| student |" in report and "| variations_ce |" in report
     assert "samples.png" in report and "metrics.png" in report
     samples = Image.open(out / "samples.png")
-    assert samples.mode == "RGB" and samples.width > 8 * 64 and samples.height >= 3 * 64  # clean/poisoned/variation
+    assert samples.width > 8 * 64 and samples.height >= 3 * 64  # clean/poisoned/variation, 8 columns
     chart = np.asarray(Image.open(out / "metrics.png").convert("RGB"))
     assert chart.shape[0] > 100 and (chart != 255).any()
+    assert "gallery.png" in report and Image.open(out / "gallery.png").width > 8 * 64
     # detection against the ground truth, with every score's AUROC, and the histogram of scores
     detection = metrics["detection"]
     assert set(detection) >= {"auroc", "precision", "recall", "auroc_by_score", "threshold", "flagged"}
     assert 0.0 <= detection["auroc"] <= 1.0 and detection["poisoned"] == 11
     assert detection["auroc_by_score"]["combined"] == detection["auroc"]
     assert "| student_cleaned |" in report and "suspicion.png" in report and "AUROC" in report
-    histogram = np.asarray(Image.open(out / "suspicion.png").convert("RGB"))
-    assert (histogram == (198, 40, 40)).all(axis=-1).any() and (histogram == (21, 101, 192)).all(axis=-1).any()
+    # the same run's defend outputs: flagged rows and a robust model with its card
+    flagged = json.loads((out / "detection.json").read_text())["flagged"]
+    assert len(flagged) == detection["flagged"] and len(set(flagged)) == len(flagged)
+    from hf_backdoor_guard import load_robust_model
+
+    assert load_robust_model(str(out / "model")).metrics["badnets"]["clean_accuracy"] == \
+        pytest.approx(metrics["models"]["student"]["clean_accuracy"])
 
 
 def test_rerun_in_its_own_folder_and_user_files_are_protected(tmp_path):
@@ -64,21 +73,53 @@ def test_rerun_in_its_own_folder_and_user_files_are_protected(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
-def test_all_attacks_write_one_folder_each_and_a_summary(tmp_path, capsys):
+def test_bad_seed_fails_before_the_marker_and_the_data(tmp_path, monkeypatch):
+    """Issue 16, defect 10: `demo --seed -1` wrote its marker and loaded the data before failing."""
+    from hf_backdoor_guard import data
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the options were checked")
+
+    monkeypatch.setattr(data, "load_digits_dataset", no_data)
+    out = tmp_path / "demo"
+    assert run_demo_cli(Namespace(attack="badnets", output_dir=str(out), seed=-1)) == 2
+    assert not out.exists()
+    with pytest.raises(ValueError, match="seed"):
+        run_demo("all", out, seed=-1)
+    assert not out.exists()
+
+
+def test_all_runs_every_registered_attack():
+    from hf_backdoor_guard.attacks import ATTACKS
+    from hf_backdoor_guard.demo import attack_names
+
+    assert attack_names() == tuple(ATTACKS.names()) and len(attack_names()) >= 4
+
+
+def test_all_attacks_write_one_folder_each_and_a_summary(tmp_path, monkeypatch):
+    # Two of the registered attacks (one that relabels, one clean-label) keep this test short; the
+    # test above checks that "all" means every registered attack.
+    from hf_backdoor_guard import demo
+
+    monkeypatch.setattr(demo, "attack_names", lambda: ("badnets", "sig"))
     out = tmp_path / "all"
     quick = dict(QUICK, train_rows=60, test_rows=40, teacher_epochs=1, student_epochs=1)
     summary = run_demo("all", out, seed=1, **quick)
-    assert set(summary["attacks"]) == {"badnets", "blended", "wanet", "sig"}
+    assert list(summary["attacks"]) == ["badnets", "sig"]
     for name, metrics in summary["attacks"].items():
         assert metrics["attack"] == name
         _check_metrics(metrics["models"])
         assert {p.name for p in (out / name).iterdir()} >= set(REPORT_FILES)
     assert json.loads((out / "summary.json").read_text())["attacks"]["sig"]["attack"] == "sig"
     report = (out / "report.md").read_text()
-    assert "(wanet/report.md)" in report and Image.open(out / "metrics.png").width > 300
-    # an earlier demo folder may be reused: the marker says the files are the demo's own
-    run_demo("sig", out / "sig", seed=2, **quick)
+    assert "(sig/report.md)" in report and Image.open(out / "metrics.png").width > 300
+    # a rerun with other settings is refused, naming the option; --overwrite starts over (our files only)
+    (out / "sig" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="seed: was 1, now 2"):
+        run_demo("sig", out / "sig", seed=2, **quick)
+    run_demo("sig", out / "sig", seed=2, overwrite=True, **quick)
     assert json.loads((out / "sig" / "metrics.json").read_text())["seed"] == 2
+    assert (out / "sig" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize(
@@ -118,7 +159,7 @@ def test_push_to_hub_publishes_the_student_with_its_card(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "HfApi", RecordingHfApi)
     out = tmp_path / "demo"
     metrics = run_demo("badnets", out, seed=0, push_to_hub="me/digits-robust", **QUICK)
-    staged = out / "hub"
+    staged = out / "model"
     assert metrics["hub"] == {"repo_id": "me/digits-robust", "staged": str(staged)}
     assert calls == [("create_repo", "me/digits-robust", "model"),
                      ("upload_folder", "me/digits-robust", str(staged), "model")]

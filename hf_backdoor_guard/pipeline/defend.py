@@ -1,0 +1,255 @@
+"""``backdoor-guard defend``: the whole method on a user's dataset, with every stage cached in the output folder.
+
+:func:`run_defend` checks everything first (options, the output folder, the diffusion
+model, the classifier, the dataset's splits and columns), then runs the stages of
+:mod:`~hf_backdoor_guard.pipeline.stages` in ``OUTPUT_DIR/stages/`` and writes:
+
+* ``model/``: the robust student (``save_pretrained`` with its image processor and a card
+  with its metrics: ``hbg.load_robust_model(path)`` and ``AutoModelForImageClassification`` load it);
+* ``cleaned/``: the training rows detection did not flag (``save_to_disk``, the user's columns);
+* ``detection.json``: ``{"score", "threshold", "flagged": [row indices], "suspicion": [per row], ...}``;
+* ``report.md`` with ``gallery.png`` (the most suspicious images), ``suspicion.png``,
+  ``metrics.png`` and ``samples.png``; ``metrics.json`` with the same numbers.
+
+With ``attack`` set (research mode) the training split is poisoned first, and ASR and
+R-Acc are reported beside C-Acc. The demo is this function on the embedded default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..outputs import check_output_dir, claim_output_dir, locked, record_outputs, recorded_outputs, remove_outputs
+from . import stages
+from .config import DefendConfig, check_diffusion_model, stage_settings
+from .models import check_model
+from .report import write_outputs
+from .run_folder import RunFolder, process_state
+
+logger = logging.getLogger(__name__)
+
+OWNER = "defend"
+STAGES_DIR = "stages"
+OUTPUT_NAMES = (STAGES_DIR, "model", "cleaned", "detection.json", "metrics.json", "report.md", "gallery.png",
+                "suspicion.png", "metrics.png", "samples.png")
+
+
+@dataclass
+class Inputs:
+    """What the checks before work found: the data, its classes, the research attack."""
+
+    train: Any
+    eval_ds: Any
+    label_names: list[str]
+    attack: Any = None
+    poison_kwargs: dict | None = None
+    data_settings: dict | None = None
+
+
+def _num_variations(config: DefendConfig) -> int:
+    if "num_variations" in config.variation_options:
+        return int(config.variation_options["num_variations"])
+    if config.embedded:
+        from ..embedded import EMBEDDED_VARIATION_DEFAULTS
+
+        return int(EMBEDDED_VARIATION_DEFAULTS.get("num_variations", 1))
+    return 1
+
+
+def check_output_names(output_dir: Path, names, owner: str, option: str = "--output-dir") -> None:
+    """``output_dir`` is usable by ``owner`` and none of ``names`` there is a file it did not write."""
+    check_output_dir(output_dir, owner, option)
+    if not output_dir.is_dir():
+        return
+    ours = set(recorded_outputs(output_dir))
+    theirs = [name for name in names if name not in ours and (output_dir / name).exists()]
+    if theirs:
+        raise ValueError(f"{option} {output_dir} holds {theirs}, which this run would write, but no earlier run "
+                         "wrote them there, so they are yours; move them away or choose another folder.")
+
+
+def prepare(config: DefendConfig, *, train=None, eval_ds=None, attack=None, poison_kwargs=None,
+            data_settings: dict | None = None, owner: str = OWNER) -> Inputs:
+    """Every check, before any work. ``train``/``eval_ds`` (with ``image``/``label`` columns) replace
+    loading ``config.dataset``; ``attack``/``poison_kwargs`` replace building ``config.attack``."""
+    from ..data import class_names, load_image_splits, stratified_subset
+    from ..validation import check_dataset, check_target_label
+
+    check_output_names(Path(config.output_dir), OUTPUT_NAMES, owner)
+    check_diffusion_model(config)
+    config.resolved_device()
+    check_model(config.model)
+    if train is None:
+        if config.dataset is None:
+            raise ValueError("dataset is required (--dataset: a Hub id, 'imagefolder' with --data-dir, or a "
+                             "save_to_disk folder).")
+        train, eval_ds = load_image_splits(
+            config.dataset, config.split, config.eval_split, data_dir=config.data_dir,
+            config_name=config.dataset_config, image_column=config.image_column, label_column=config.label_column)
+        renames = {old: new for old, new in ((config.image_column, "image"), (config.label_column, "label"))
+                   if old != new}
+        clashes = [new for new in renames.values() if new in train.column_names]
+        if clashes:
+            raise ValueError(f"The dataset has a column named {clashes[0]!r} besides --image-column/--label-column; "
+                             "rename it first.")
+        train, eval_ds = train.rename_columns(renames), eval_ds.rename_columns(renames) if eval_ds else None
+    else:
+        check_dataset(train)
+    if eval_ds is None:
+        raise ValueError("An evaluation split is needed for the report's clean accuracy: the dataset has none "
+                         "named test or validation; pass --eval-split.")
+    check_dataset(eval_ds)
+    train = stratified_subset(train, config.max_train_rows, config.seed)
+    eval_ds = stratified_subset(eval_ds, config.max_eval_rows, config.seed)
+    label_names = class_names(train)
+    check_model(config.model, len(label_names))
+    if config.research:
+        check_target_label(config.target_label, len(label_names))
+        if attack is None:
+            from ..attacks import attack_from_name
+
+            attack = attack_from_name(config.attack, **config.attack_options)
+            poison_kwargs = {"rate": config.poison_rate, **config.poison_options}
+    if config.push_to_hub and config.research is False:
+        logger.info("The model card will state clean accuracy only (no attack was measured).")
+    return Inputs(train, eval_ds, label_names, attack, poison_kwargs, data_settings)
+
+
+@contextlib.contextmanager
+def _claimed(output_dir: Path, owner: str, overwrite: bool, is_main: bool):
+    """The main process claims and locks ``output_dir`` for the run; ``overwrite`` first removes our old outputs."""
+    if not is_main:
+        yield
+        return
+    if overwrite and output_dir.is_dir():
+        removed = remove_outputs(output_dir)
+        logger.info("--overwrite: removed %s from %s (only what an earlier run wrote).", removed, output_dir)
+    claim_output_dir(output_dir, owner, "--output-dir")
+    with locked(output_dir, f"{owner} run"):
+        record_outputs(output_dir, [STAGES_DIR])
+        yield
+
+
+def _variation_factory(config: DefendConfig, device: str):
+    def build():
+        import torch
+
+        from ..variations import ImageVariation
+
+        options = {**config.variation_options, "seed": config.seed}
+        if config.embedded:
+            return ImageVariation.embedded(**options, **({"device": device} if device != "cpu" else {}))
+        dtype = options.pop("dtype", torch.float16 if device.startswith("cuda") else None)
+        return ImageVariation.from_pretrained(config.diffusion_model, prior=config.diffusion_prior, dtype=dtype,
+                                              device=device, **options)
+
+    return build
+
+
+def _process_device(device: str) -> str:
+    import os
+
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, poison_kwargs=None,
+               data_settings: dict | None = None, owner: str = OWNER, report_title: str | None = None) -> dict:
+    """Run the method as ``config`` says; return the numbers written to ``metrics.json``.
+
+    See :func:`prepare` for ``train``, ``eval_ds``, ``attack`` and ``poison_kwargs`` (the
+    demo passes the digits and the embedded benchmark's attack settings); ``data_settings``
+    then describes that data for the stage cache. ``owner`` names the command in the
+    output folder's marker (``defend``, ``demo``).
+    """
+    started = time.time()
+    inputs = prepare(config, train=train, eval_ds=eval_ds, attack=attack, poison_kwargs=poison_kwargs,
+                     data_settings=data_settings, owner=owner)
+    output_dir = Path(config.output_dir)
+    device = _process_device(config.resolved_device())
+    use_cpu = device == "cpu"
+    state = process_state()
+    with _claimed(output_dir, owner, config.overwrite, state.is_main_process):
+        run = RunFolder(output_dir / STAGES_DIR, option="--output-dir",
+                        restart_hint=", or pass --overwrite to start over (it removes only what backdoor-guard "
+                                     "wrote there)")
+        nv = _num_variations(config)
+        data_extra = dict(inputs.data_settings or {})
+        if inputs.attack is not None:
+            data_extra.update(attack_config=inputs.attack.config(), poison_kwargs=inputs.poison_kwargs)
+        plan = {name: stage_settings(config, name) for name in
+                ("data", "teacher", "variations", "detection", "student", "student_cleaned", "evaluation")}
+        plan["data"].update(data_extra)
+        if config.baselines:
+            plan["variations_ce"] = stage_settings(config, "variations_ce")
+        run.check(plan)
+
+        data = stages.data_stage(run, inputs.train, inputs.eval_ds, settings=plan["data"], attack=inputs.attack,
+                                 target_label=config.target_label, poison_kwargs=inputs.poison_kwargs,
+                                 seed=config.seed)
+        train, evaluation = data["train"], data["eval"]
+        classifier = dict(model=config.model, label_names=inputs.label_names, image_size=config.image_size,
+                          width=config.width)
+        classifier = {key: value for key, value in classifier.items() if value is not None}
+        training = dict(batch_size=config.batch_size, learning_rate=config.learning_rate,
+                        weight_decay=config.weight_decay, use_cpu=use_cpu)
+        teacher_args = stages.training_arguments(run.path, seed=config.seed, epochs=config.num_train_epochs,
+                                                 **training)
+        teacher, processor = stages.teacher_stage(run, train, settings=plan["teacher"], training_args=teacher_args,
+                                                  seed=config.seed, augment=config.augment, **classifier)
+        variations = stages.variations_stage(
+            run, train, settings=plan["variations"], variation=_variation_factory(config, device),
+            batch_size=max(1, config.variation_batch_size // nv), shard_size=config.variation_shard_size)
+        teacher.to(device)
+        detection = stages.detection_stage(
+            run, teacher, processor, train, variations, settings=plan["detection"], score=config.detection_score,
+            threshold=config.detection_threshold, budget=config.detection_budget)
+
+        # The student takes as many optimiser steps per source image as the teacher: epochs over the variations.
+        student_args = stages.training_arguments(
+            run.path, seed=config.seed, epochs=(config.student_epochs or config.num_train_epochs) / nv,
+            distill=True, alpha=config.alpha, temperature=config.temperature, **training)
+        models = {"teacher": (teacher, processor)}
+        for name, keep_flagged in (("student", True), ("student_cleaned", False)):
+            models[name] = stages.student_stage(
+                run, name, variations, detection, settings=plan[name], training_args=student_args,
+                seed=config.seed + 1, teacher_logits=config.teacher_logits, keep_flagged=keep_flagged, **classifier)
+        if config.baselines:
+            baseline_args = stages.training_arguments(run.path, seed=config.seed,
+                                                      epochs=(config.student_epochs or config.num_train_epochs) / nv,
+                                                      **training)
+            models["variations_ce"] = stages.baseline_stage(run, "variations_ce", variations,
+                                                            settings=plan["variations_ce"], training_args=baseline_args,
+                                                            seed=config.seed + 1, **classifier)
+        for model, _ in models.values():
+            model.to(device)
+        scores = stages.evaluation_stage(run, models, evaluation, settings=plan["evaluation"], attack=inputs.attack,
+                                         target_label=config.target_label)
+        result = None
+        if run.is_main_process:
+            # Recorded before they are written (the checks before work found none of them to be the user's),
+            # so a run killed while writing them leaves names the next run may replace.
+            record_outputs(output_dir, OUTPUT_NAMES)
+            result = write_outputs(output_dir, run, config, inputs, data, variations, detection, scores,
+                                   student=models["student"], started=started, report_title=report_title)
+        run.wait()
+    return result if result is not None else {}
+
+
+def defend_main(config: DefendConfig) -> dict:
+    """``run_defend`` with logging for the command line (warnings only on non-main processes)."""
+    state = process_state()
+    if not state.is_main_process:
+        logging.getLogger("hf_backdoor_guard").setLevel(logging.WARNING)
+    return run_defend(config)
+
+
+__all__ = ["OUTPUT_NAMES", "Inputs", "check_output_names", "defend_main", "prepare", "run_defend"]

@@ -1,0 +1,132 @@
+"""The report's figures, drawn with matplotlib (object API only: no pyplot state, safe in any process).
+
+* :func:`image_grid`: rows of images with a label per row (clean / poisoned / variations);
+* :func:`gallery`: the most suspicious training images, each with its label, the class
+  its variations suggest and its suspicion score;
+* :func:`metrics_chart`: grouped bars of C-Acc, ASR and R-Acc per model (and attack);
+* :func:`suspicion_histogram`: the distribution of suspicion scores and the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+METRIC_LABELS = {"clean_accuracy": "C-Acc", "attack_success_rate": "ASR", "robust_accuracy": "R-Acc"}
+METRIC_COLOURS = {"clean_accuracy": "#2e7d32", "attack_success_rate": "#c62828", "robust_accuracy": "#1565c0"}
+CLEAN_COLOUR, POISONED_COLOUR = "#1565c0", "#c62828"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _show(axis, image: Image.Image) -> None:
+    axis.imshow(np.asarray(image.convert("RGB")), interpolation="nearest")
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def image_grid(rows: Sequence[tuple[str, Sequence[Image.Image]]], path: str | os.PathLike,
+               title: str | None = None, column_titles: Sequence[str] | None = None) -> None:
+    """One row per ``(label, images)``, all rows the same length; saved as a PNG at ``path``."""
+    columns = max(len(images) for _, images in rows)
+    figure = _figure(1.1 * columns + 1.2, 1.15 * len(rows) + (0.4 if title else 0.1))
+    axes = np.atleast_2d(figure.subplots(len(rows), columns, squeeze=False))
+    for r, (label, images) in enumerate(rows):
+        for c in range(columns):
+            axis = axes[r, c]
+            if c < len(images):
+                _show(axis, images[c])
+            else:
+                axis.set_axis_off()
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    for c, text in enumerate(column_titles or []):
+        axes[0, c].set_title(text, fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.savefig(path)
+
+
+def gallery(images: Sequence[Image.Image], captions: Sequence[str], path: str | os.PathLike, *,
+            title: str, marked: Sequence[bool] | None = None, columns: int = 8) -> None:
+    """A grid of ``images`` with a caption under each; ``marked`` images get a red frame (e.g. truly poisoned)."""
+    count = max(len(images), 1)
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    figure = _figure(1.45 * columns + 0.2, 1.75 * rows + 0.5)
+    axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False))
+    for index, axis in enumerate(axes.flat):
+        if index >= len(images):
+            axis.set_axis_off()
+            continue
+        _show(axis, images[index])
+        axis.set_xlabel(captions[index], fontsize=7, linespacing=1.1)
+        if marked is not None and marked[index]:
+            for spine in axis.spines.values():
+                spine.set_edgecolor(POISONED_COLOUR)
+                spine.set_linewidth(3)
+    figure.suptitle(title, fontsize=10)
+    figure.savefig(path)
+
+
+def metrics_chart(results: dict[str, dict[str, dict[str, float]]], path: str | os.PathLike,
+                  title: str | None = None) -> None:
+    """Grouped bars: for each group (an attack, or one run) and model, every metric it has, on a 0..1 axis."""
+    groups = [(group, model) for group, models in results.items() for model in models]
+    metrics = [key for key in METRIC_LABELS if any(key in values for g in results.values() for values in g.values())]
+    width = 0.8 / max(len(metrics), 1)
+    figure = _figure(max(4.5, 0.9 * len(groups) + 1.5), 3.6)
+    axis = figure.subplots()
+    positions = np.arange(len(groups))
+    for k, key in enumerate(metrics):
+        values = [results[group][model].get(key, np.nan) for group, model in groups]
+        bars = axis.bar(positions + (k - (len(metrics) - 1) / 2) * width, values, width,
+                        label=METRIC_LABELS[key], color=METRIC_COLOURS[key])
+        axis.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    single = len(results) == 1
+    axis.set_xticks(positions, [model if single else f"{group}\n{model}" for group, model in groups],
+                    fontsize=8, rotation=0 if single else 45, ha="center" if single else "right")
+    axis.set_ylim(0, 1.1)
+    axis.set_yticks(np.linspace(0, 1, 6))
+    axis.set_ylabel("share of test images")
+    axis.set_xlabel("model" if single else "attack / model")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22 if single else -0.45), ncol=len(metrics),
+                fontsize=8, frameon=False)
+    if title:
+        axis.set_title(title, fontsize=10)
+    figure.savefig(path)
+
+
+def suspicion_histogram(scores, path: str | os.PathLike, *, threshold: float | None = None, poisoned=None,
+                        score_name: str = "suspicion", bins: int = 30) -> None:
+    """Histogram of suspicion scores (clean vs. poisoned rows when ``poisoned`` is known) with the threshold."""
+    scores = np.asarray(scores, dtype=np.float64)
+    low, high = float(scores.min()), float(scores.max())
+    edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
+    figure = _figure(6.0, 3.4)
+    axis = figure.subplots()
+    if poisoned is None:
+        axis.hist(scores, bins=edges, color=CLEAN_COLOUR, alpha=0.8, label=f"all rows ({len(scores)})")
+    else:
+        poisoned = np.asarray(poisoned, dtype=bool)
+        axis.hist(scores[~poisoned], bins=edges, color=CLEAN_COLOUR, alpha=0.7, label=f"clean ({int((~poisoned).sum())})")
+        axis.hist(scores[poisoned], bins=edges, color=POISONED_COLOUR, alpha=0.7, label=f"poisoned ({int(poisoned.sum())})")
+    if threshold is not None and math.isfinite(threshold):
+        axis.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
+    axis.set_yscale("log")
+    axis.set_xlabel(f"suspicion score ({score_name})")
+    axis.set_ylabel("rows (log scale)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.savefig(path)
+
+
+__all__ = ["image_grid", "gallery", "metrics_chart", "suspicion_histogram"]

@@ -1,0 +1,279 @@
+"""What a ``defend`` (or demo) run leaves in its output folder, written by the main process after the stages.
+
+``model/`` (robust student with a card), ``cleaned/``, ``detection.json``,
+``metrics.json``, the figures and ``report.md``; then, if asked, the upload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..outputs import write_json_atomic, write_text_atomic
+from . import figures
+
+logger = logging.getLogger(__name__)
+
+MODEL_ORDER = ("teacher", "student", "student_cleaned", "variations_ce")
+SHORT = {"clean_accuracy": "C-Acc", "attack_success_rate": "ASR", "robust_accuracy": "R-Acc"}
+EXPLAIN = {
+    "teacher": "trained on the training data as given (possibly poisoned); it learns the task, and any backdoor.",
+    "student": "trained on diffusion variations of the same data, distilled from the teacher's soft labels: "
+               "the robust model (`model/`).",
+    "student_cleaned": "the student again, after dropping the variations of every row detection flagged.",
+    "variations_ce": "trained on the same variations with plain cross-entropy (no teacher): a baseline.",
+}
+
+
+def metrics_table(models: dict[str, dict[str, float]], markdown: bool = True) -> str:
+    """The models' metrics (C-Acc, and ASR / R-Acc when measured) as a markdown or plain table."""
+    keys = [key for key in SHORT if any(key in values for values in models.values())]
+    header = ("model", *(SHORT[key] for key in keys))
+    rows = [(name, *(f"{models[name][key]:.3f}" for key in keys)) for name in MODEL_ORDER if name in models]
+    if markdown:
+        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                         + ["| " + " | ".join(row) + " |" for row in rows])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
+
+
+# --- detection --------------------------------------------------------------------------
+def detection_summary(train, variations, detection: dict, research: bool) -> dict[str, Any]:
+    """Counts, threshold and, in research mode, AUROC / precision / recall against the ``poisoned`` column."""
+    from ..detection import SCORES, suspicion_scores
+    from ..metrics import auroc, detection_metrics
+
+    suspicion = np.asarray(detection["suspicion"], dtype=np.float64)
+    flagged = np.zeros(len(suspicion), dtype=bool)
+    flagged[np.asarray(detection["flagged"], dtype=np.int64)] = True
+    summary: dict[str, Any] = {"score": detection["score"]}
+    if research:
+        truth = np.asarray(train["poisoned"], dtype=bool)
+        measured = detection_metrics(suspicion, truth, flagged=flagged)
+        summary.update({key: round(float(value), 4) for key, value in measured.items()})
+        sources, labels = variations["source_index"], train["label"]
+        summary["auroc_by_score"] = {
+            name: round(auroc(suspicion_scores(detection["original_logits"], detection["variation_logits"], sources,
+                                               labels, name)[0], truth), 4)
+            for name in SCORES
+        }
+        summary["poisoned"] = int(truth.sum())
+    threshold = detection["threshold"]
+    summary.update({"threshold": None if threshold is None else round(float(threshold), 4),
+                    "flagged": int(flagged.sum()), "rows": len(suspicion)})
+    return summary
+
+
+# --- figures ----------------------------------------------------------------------------
+def _images(ds, rows) -> list:
+    from ..images import load_rgb
+
+    return [load_rgb(ds[int(r)]["image"]) for r in rows]
+
+
+def _draw_figures(output_dir: Path, clean_train, train, variations, detection: dict, summary: dict,
+                  models: dict, label_names: list[str], research: bool, gallery_size: int, title: str) -> None:
+    suspicion = np.asarray(detection["suspicion"])
+    order = np.argsort(-suspicion, kind="mergesort")[:gallery_size]
+    predicted = detection["variation_prediction"]
+    truth = np.asarray(train["poisoned"], dtype=bool) if research else None
+    captions = [f"row {int(r)}, score {suspicion[r]:.2f}\nlabel {label_names[train[int(r)]['label']]}\n"
+                f"variations: {label_names[predicted[r]]}" for r in order]
+    figures.gallery(_images(train, order), captions, output_dir / "gallery.png",
+                    title=f"The {len(order)} most suspicious training images ({summary['flagged']} of "
+                          f"{summary['rows']} flagged)" + ("; red frame: truly poisoned" if research else ""),
+                    marked=None if truth is None else truth[order].tolist())
+    figures.suspicion_histogram(suspicion, output_dir / "suspicion.png", threshold=summary["threshold"],
+                                poisoned=truth, score_name=summary["score"])
+    figures.metrics_chart({title: models}, output_dir / "metrics.png", title=title)
+    rows = np.flatnonzero(truth)[:8] if research and truth.any() else np.arange(min(8, len(train)))
+    sources = np.asarray(variations["source_index"])
+    per_row = [np.flatnonzero(sources == r) for r in rows]
+    lines = [("clean", _images(clean_train, rows)), ("poisoned", _images(train, rows))] if research \
+        else [("training image", _images(train, rows))]
+    for v in range(min(len(found) for found in per_row)):
+        lines.append((f"variation {v + 1}", _images(variations, [found[v] for found in per_row])))
+    figures.image_grid(lines, output_dir / "samples.png",
+                       column_titles=[f"row {int(r)}" for r in rows])
+
+
+# --- model folder -----------------------------------------------------------------------
+def _card_details(config, result: dict) -> dict[str, Any]:
+    variation = {k: v for k, v in (result.get("variation") or {}).items()
+                 if k in ("family", "num_variations", "num_inference_steps", "guidance_scale", "strength", "eta")}
+    return dict(base_dataset=result["data"], teacher=f"{config.model} trained on the training split",
+                diffusion_model=config.diffusion_model, diffusion_settings=variation,
+                distillation_settings={"alpha": config.alpha, "temperature": config.temperature,
+                                       "teacher_logits": config.teacher_logits}, seed=config.seed)
+
+
+def _write_model(output_dir: Path, config, student, result: dict, push: bool):
+    """``model/``: staged by ``hub.publish_model`` (research: the card states C-Acc, ASR and R-Acc).
+
+    Without an attack only clean accuracy was measured, which the Hub cards of
+    ``hub.publish_model`` cannot state yet (they need every backdoor metric); the card is
+    then written here with clean accuracy alone, and ``load_robust_model`` still reads it.
+    """
+    model, processor = student
+    repo_id = config.push_to_hub or f"{output_dir.resolve().name}-robust"
+    if config.research:
+        from ..hub import publish_model
+
+        models = result["models"]
+        return publish_model(model, repo_id, {config.attack: models["student"]}, processor,
+                             output_dir=output_dir / "model", push=push,
+                             teacher_metrics={config.attack: models["teacher"]},
+                             target_label=config.target_label, poison_rate=config.poison_rate,
+                             **_card_details(config, result))
+    folder = output_dir / "model"
+    tmp = output_dir / ".model.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    _clean_only_card(repo_id, result).save(tmp / "README.md")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    if push:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
+                          commit_message="Upload robust model trained with hf-backdoor-guard defend")
+    return folder
+
+
+def _clean_only_card(repo_id: str, result: dict):
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    value = result["models"]["student"]["clean_accuracy"]
+    data = ModelCardData(
+        model_name=repo_id.split("/")[-1], library_name="transformers", pipeline_tag="image-classification",
+        license="apache-2.0", tags=["image-classification", "backdoor-defense", "hf-backdoor-guard"],
+        eval_results=[EvalResult(task_type="image-classification", dataset_type="custom", dataset_name=result["data"],
+                                 dataset_config="clean", dataset_split=result["eval_split"],
+                                 metric_type="clean_accuracy", metric_name="Clean accuracy (C-Acc)",
+                                 metric_config="clean", metric_value=round(float(value), 6))],
+    )
+    text = (f"---\n{data.to_yaml()}\n---\n\n# {data.model_name}\n\nA robust image classifier trained with "
+            "hf-backdoor-guard `defend` (Struppek et al., 2023): a teacher on the possibly poisoned data, diffusion "
+            "variations of every training image, and this student distilled from the teacher on the variations. "
+            f"Clean accuracy on the `{result['eval_split']}` split of {result['data']}: {value:.4f}. No attack "
+            "was measured, so the card states no attack success rate.\n")
+    return ModelCard(text)
+
+
+# --- everything -------------------------------------------------------------------------
+def write_outputs(output_dir: Path, run, config, inputs, data, variations, detection: dict, scores: dict, *,
+                  student, started: float, report_title: str | None = None) -> dict:
+    """Write the output folder's files and return the run's numbers (also in ``metrics.json``)."""
+    import torch
+
+    begun = time.perf_counter()
+    train = data["train"]
+    summary = detection_summary(train, variations, detection, config.research)
+    write_json_atomic(output_dir / "detection.json", {key: detection[key] for key in
+                                                       ("score", "threshold", "flagged", "suspicion",
+                                                        "variation_prediction")})
+    flagged = set(detection["flagged"])
+    kept = [row for row in range(len(train)) if row not in flagged]
+    renames = {old: new for old, new in (("image", config.image_column), ("label", config.label_column)) if old != new}
+    tmp = output_dir / ".cleaned.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    train.select(kept).flatten_indices().rename_columns(renames).save_to_disk(str(tmp))
+    if (output_dir / "cleaned").exists():
+        shutil.rmtree(output_dir / "cleaned")
+    tmp.rename(output_dir / "cleaned")
+
+    record = run.record("variations") or {}
+    result: dict[str, Any] = {
+        "attack": config.attack,
+        "seed": config.seed,
+        "seconds": 0.0,
+        "models": scores,
+        "detection": summary,
+        "timings": run.timings(),
+        "attack_config": inputs.attack.config() if inputs.attack is not None else None,
+        "variation": {k: v for k, v in (record.get("details") or {}).get("variation", {}).items()
+                      if k not in ("scheduler", "algorithm")},
+        "settings": config.to_dict(),
+        "rows": {"train": len(train), "kept": len(kept), "test": len(data["eval"]),
+                 "torch_threads": torch.get_num_threads()},
+        "data": config.dataset or (inputs.data_settings or {}).get("dataset", "data given in code"),
+        "eval_split": config.eval_split or "test",
+    }
+    title = report_title or f"backdoor-guard defend: {result['data']}"
+    if config.research:
+        result["rows"]["poisoned"] = int(np.sum(train["poisoned"]))
+        result["rows"]["triggered_test"] = int(np.sum(np.asarray(data["eval"]["label"]) != config.target_label))
+    _draw_figures(output_dir, inputs.train, train, variations, detection, summary, scores, inputs.label_names,
+                  config.research, config.gallery_size, title)
+    _write_model(output_dir, config, student, result, push=False)
+    result["timings"]["outputs"] = round(time.perf_counter() - begun, 2)
+    result["seconds"] = round(time.time() - started, 1)
+    write_json_atomic(output_dir / "metrics.json", result)
+    write_text_atomic(output_dir / "report.md", render_report(result, config, title))
+    if config.push_to_hub:  # last: a failed upload leaves a complete run behind
+        _write_model(output_dir, config, student, result, push=True)
+        result["hub"] = {"repo_id": config.push_to_hub, "staged": str(output_dir / "model")}
+        write_json_atomic(output_dir / "metrics.json", result)
+    logger.info("Done in %.0f s: %s", result["seconds"], output_dir)
+    return result
+
+
+def render_report(result: dict, config, title: str) -> str:
+    """``report.md``: the models' numbers, the suspicious rows with the gallery, the outputs, the setup, the time."""
+    detection, rows = result["detection"], result["rows"]
+    models = result["models"]
+    lines = [f"# {title}", "", metrics_table(models), ""]
+    lines += [f"- **{name}**: {EXPLAIN[name]}" for name in MODEL_ORDER if name in models]
+    lines.append("")
+    lines.append(f"C-Acc: accuracy on the clean `{result['eval_split']}` split ({rows['test']} images).")
+    if config.research:
+        lines.append(f"ASR: share of the {rows['triggered_test']} triggered non-target test images classified as the "
+                     f"target class {config.target_label}; R-Acc: share of them classified as their true class.")
+    threshold = "none" if detection["threshold"] is None else f"{detection['threshold']:.3f}"
+    lines += [
+        "", "## Suspicious rows", "",
+        f"Detection flagged **{detection['flagged']} of {detection['rows']}** training rows (score "
+        f"`{detection['score']}`: the teacher on each image vs. on its variations; threshold {threshold}). "
+        "Their row indices are in `detection.json`; `cleaned/` holds the other rows.",
+    ]
+    if config.research:
+        scores = ", ".join(f"{name} {value:.3f}" for name, value in detection["auroc_by_score"].items())
+        lines += ["", f"Against the {detection['poisoned']} truly poisoned rows (ground truth used only to measure): "
+                      f"AUROC {detection['auroc']:.3f}, precision {detection['precision']:.3f}, recall "
+                      f"{detection['recall']:.3f}. AUROC of every score: {scores}."]
+    lines += ["", "![the most suspicious training images](gallery.png)", "",
+              "Each image: its row, suspicion score, label, and the class the teacher sees on its variations.", "",
+              "![suspicion scores](suspicion.png)", "", "![metrics per model](metrics.png)", "",
+              "![training images and their variations](samples.png)", ""]
+    variation = result.get("variation") or {}
+    lines += ["## Setup", "",
+              f"- data: {result['data']}: {rows['train']} training rows"
+              + (f" ({rows['poisoned']} poisoned)" if config.research else "") + f", {rows['test']} test rows.",
+              f"- classifier: `{config.model}`; teacher {config.num_train_epochs:g} epochs, student distilled "
+              f"(alpha {config.alpha}, temperature {config.temperature}, teacher logits {config.teacher_logits}).",
+              f"- variations: `{config.diffusion_model}` "
+              + ", ".join(f"{k} {variation[k]}" for k in ("num_variations", "strength", "num_inference_steps",
+                                                         "guidance_scale", "eta", "color_transfer")
+                          if variation.get(k) is not None) + "."]
+    if config.research:
+        lines.append(f"- attack: `{config.attack}` {json.dumps(result['attack_config'])}, target {config.target_label}.")
+    lines += ["", "## Time", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in result["timings"].items()]
+    lines += ["", f"Total for this run: {result['seconds']:.0f} s ({rows['torch_threads']} torch thread(s)); a stage "
+                  "finished by an earlier run keeps the time it took then.", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["detection_summary", "metrics_table", "render_report", "write_outputs"]

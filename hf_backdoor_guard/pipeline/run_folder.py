@@ -1,0 +1,232 @@
+"""The run folder: one cached output per stage, the settings that decided it, and the processes of a launch.
+
+A run folder holds one entry per stage (``data/``, ``teacher/``, ``variations/``,
+``detection.json``, ``student/``, ...) and ``stages.json``, which records for each stage
+the settings that decide its output and whether it finished::
+
+    {"teacher": {"settings": {"model": "small-resnet", "num_train_epochs": 12, ...},
+                 "complete": true, "seconds": 5.1, "num_processes": 2}, ...}
+
+A stage counts as finished only once its output was written completely: outputs are
+written under a temporary name and renamed into place, and the record is marked
+complete after that. A rerun with the same settings skips finished stages; a rerun
+with other settings is refused before any work, naming the option that changed
+(:meth:`RunFolder.check`).
+
+Under ``accelerate launch`` / ``torchrun`` every process calls the same stage functions:
+training stages run in all processes (the ``Trainer`` handles DDP), the main process
+writes files and ``stages.json``, and the others wait on a barrier before reading them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..outputs import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+RECORD = "stages.json"
+_TMP_PREFIX = ".tmp-"
+
+
+class _OneProcess:
+    """Stands in for accelerate's ``PartialState`` when nothing was launched in parallel."""
+
+    process_index, num_processes, is_main_process = 0, 1, True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+class _TorchGroup:
+    """A ``torch.distributed`` group someone started without accelerate's environment (a debug launcher)."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.process_index, self.num_processes = dist.get_rank(), dist.get_world_size()
+        self.is_main_process = self.process_index == 0
+
+    def wait_for_everyone(self) -> None:
+        self._dist.barrier()
+
+
+def process_state():
+    """Rank, world size, ``is_main_process`` and ``wait_for_everyone`` of the current launch.
+
+    Under ``accelerate launch`` / ``torchrun`` this is accelerate's ``PartialState``; on a
+    machine without CUDA it is asked for a CPU group, which accelerate otherwise only forms
+    for ``--cpu`` launches (a ``torchrun`` would give N independent processes). A plain call
+    gets a single-process stand-in and creates no global state.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState(cpu=not torch.cuda.is_available())
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return _TorchGroup()
+    return _OneProcess()
+
+
+def settings_differences(recorded: dict, planned: dict) -> list[str]:
+    """``"option: was X, now Y"`` for every option whose value differs (JSON-normalised)."""
+    recorded, planned = _normalise(recorded), _normalise(planned)
+    lines = []
+    for key in sorted(set(recorded) | set(planned), key=lambda k: (k not in planned, k)):
+        if recorded.get(key, "<unset>") != planned.get(key, "<unset>"):
+            lines.append(f"{key}: was {json.dumps(recorded.get(key, '<unset>'))}, "
+                         f"now {json.dumps(planned.get(key, '<unset>'))}")
+    return lines
+
+
+def _normalise(settings: dict) -> dict:
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+class RunFolder:
+    """A run's stage outputs and their records (see the module docstring).
+
+    Args:
+        path: the folder; created by the main process when missing.
+        option: how the caller names the folder in messages (``--output-dir``).
+        restart_hint: what a refused rerun may do instead (appended to the message).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, option: str = "output_dir", restart_hint: str = ""):
+        self.path = Path(path)
+        self.option = option
+        self.restart_hint = restart_hint
+        self.state = process_state()
+        if self.state.is_main_process:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._remove_temporaries()
+        self.state.wait_for_everyone()
+
+    # --- processes -----------------------------------------------------------------------
+    @property
+    def is_main_process(self) -> bool:
+        return self.state.is_main_process
+
+    @property
+    def num_processes(self) -> int:
+        return self.state.num_processes
+
+    def wait(self) -> None:
+        """Barrier: every process of the launch reaches this point before any goes on."""
+        self.state.wait_for_everyone()
+
+    # --- records ---------------------------------------------------------------------------
+    def records(self) -> dict[str, dict]:
+        path = self.path / RECORD
+        if not path.is_file():
+            return {}
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+
+    def check(self, plan: dict[str, dict]) -> None:
+        """Refuse, before any work, a plan whose stages differ from what the folder holds.
+
+        ``plan`` maps stage names to their settings; a stage recorded with other settings
+        (finished or not: a half-made output must not be mixed with new settings either)
+        raises ``ValueError`` naming the stage and every option that changed.
+        """
+        records = self.records()
+        for stage, settings in plan.items():
+            if stage not in records:
+                continue
+            changed = settings_differences(records[stage].get("settings", {}), settings)
+            if changed:
+                raise ValueError(
+                    f"{self.path} holds a run whose '{stage}' stage was made with other settings "
+                    f"({'; '.join(changed)}). Use another {self.option}{self.restart_hint}."
+                )
+
+    def is_complete(self, stage: str, settings: dict) -> bool:
+        """Whether ``stage`` finished with ``settings`` (a different record raises, as in :meth:`check`)."""
+        self.check({stage: settings})
+        record = self.records().get(stage)
+        return bool(record and record.get("complete") and (self.path / record["output"]).exists())
+
+    def record(self, stage: str) -> dict | None:
+        return self.records().get(stage)
+
+    def _write_record(self, stage: str, **values: Any) -> None:
+        if not self.is_main_process:
+            return
+        records = self.records()
+        records[stage] = {**records.get(stage, {}), **values}
+        write_json_atomic(self.path / RECORD, records)
+
+    # --- running a stage -------------------------------------------------------------------
+    def run_stage(self, stage: str, settings: dict, output: str, make: Callable[[], Any] | None,
+                  load: Callable[[Path], Any]):
+        """Run ``stage`` unless it finished with these settings; return ``load(output_path)`` in every process.
+
+        ``make()`` runs in every process (training stages need all of them; other stages
+        check ``is_main_process`` themselves) and writes ``output`` inside the folder, using
+        :meth:`write_dir` / :meth:`write_json` so that it appears complete or not at all. A
+        dict it returns (in the main process) is kept in the record as ``details``.
+        """
+        if self.is_complete(stage, settings):
+            record = self.record(stage)
+            logger.info("Stage %s: finished earlier (%.1f s), reusing %s", stage, record.get("seconds", 0.0),
+                        self.path / output)
+        else:
+            self.wait()  # every process has seen the same records before the main one changes them
+            logger.info("Stage %s: running", stage)
+            self._write_record(stage, settings=_normalise(settings), output=output, complete=False)
+            started = time.perf_counter()
+            details = make() if make is not None else None
+            self.wait()
+            if self.is_main_process and not (self.path / output).exists():
+                raise RuntimeError(f"Stage {stage} finished without writing {self.path / output}.")
+            self._write_record(stage, complete=True, seconds=round(time.perf_counter() - started, 2),
+                               num_processes=self.num_processes, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               **({"details": _normalise(details)} if isinstance(details, dict) else {}))
+            self.wait()
+        return load(self.path / output)
+
+    def write_dir(self, name: str, write: Callable[[Path], Any]) -> Path:
+        """Main process: ``write(tmp_folder)``, then rename it to ``name`` (replacing an older, unfinished one)."""
+        final = self.path / name
+        if not self.is_main_process:
+            return final
+        tmp = self.path / f"{_TMP_PREFIX}{name}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        write(tmp)
+        if final.exists():  # left by a run killed between the rename and its record: ours, and stale
+            shutil.rmtree(final) if final.is_dir() else final.unlink()
+        os.replace(tmp, final)
+        return final
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """Main process: write ``name`` atomically."""
+        if self.is_main_process:
+            write_json_atomic(self.path / name, data)
+        return self.path / name
+
+    def _remove_temporaries(self) -> None:
+        # Only names this class creates inside a folder it owns: what a killed run left half-written.
+        for entry in self.path.iterdir():
+            if entry.name.startswith(_TMP_PREFIX):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    def timings(self) -> dict[str, float]:
+        """Seconds each finished stage took when it ran."""
+        return {stage: record.get("seconds", 0.0) for stage, record in self.records().items()
+                if record.get("complete")}
+
+
+__all__ = ["RunFolder", "process_state", "settings_differences"]

@@ -1,0 +1,185 @@
+"""`backdoor-guard defend` on a user's imagefolder: real digits, real embedded model, real training and files.
+
+The done-when check of issue 13 at a shorter setting (400 rows, 8 teacher epochs, one
+variation of 10 DDIM steps): a BadNets-poisoned imagefolder gets its poisoned rows
+flagged (recall >= 0.9) and the robust model in ``model/`` has a low ASR.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from digits_folder import poisoned_rows, write_digits_imagefolder  # noqa: E402
+
+from hf_backdoor_guard.cli import main  # noqa: E402
+
+QUICK_CONFIG = """\
+num_train_epochs: 8
+variation_options:
+  num_variations: 1
+  num_inference_steps: 10
+"""
+
+
+@pytest.fixture(scope="module")
+def poisoned_folder(tmp_path_factory):
+    return write_digits_imagefolder(tmp_path_factory.mktemp("digits") / "data", train_rows=400)
+
+
+@pytest.fixture(scope="module")
+def start_model(tmp_path_factory):
+    """A saved small-resnet folder: --model as a local model folder, the starting point of teacher and student."""
+    from hf_backdoor_guard.pipeline import build_classifier
+
+    folder = tmp_path_factory.mktemp("model") / "small-resnet"
+    model, processor = build_classifier("small-resnet", 10, seed=0)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def defended(poisoned_folder, start_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("defend")
+    config = root / "quick.yaml"
+    config.write_text(QUICK_CONFIG)
+    out = root / "out"
+    code = main(["defend", "--dataset", "imagefolder", "--data-dir", str(poisoned_folder), "--model", str(start_model),
+                 "--diffusion-model", "embedded", "--output-dir", str(out), "--config", str(config), "--seed", "0"])
+    assert code == 0
+    return out
+
+
+def test_defend_writes_model_cleaned_detection_and_report(defended, poisoned_folder):
+    from datasets import load_from_disk
+    from transformers import AutoModelForImageClassification
+
+    import hf_backdoor_guard as hbg
+
+    names = {path.name for path in defended.iterdir()}
+    assert {"model", "cleaned", "detection.json", "report.md", "gallery.png", "metrics.json", "stages"} <= names
+    detection = json.loads((defended / "detection.json").read_text())
+    assert set(detection) >= {"score", "threshold", "flagged", "suspicion"}
+    truth = poisoned_rows(poisoned_folder)
+    assert len(detection["suspicion"]) == len(truth) == 400
+    flagged = np.zeros(len(truth), dtype=bool)
+    flagged[detection["flagged"]] = True
+    assert flagged.sum() == len(detection["flagged"])
+    recall = (flagged & truth).sum() / truth.sum()
+    assert recall >= 0.9, f"recall {recall:.3f}: {int((flagged & truth).sum())} of {int(truth.sum())} poisoned rows"
+    threshold = detection["threshold"]
+    assert all((s >= threshold) == f for s, f in zip(detection["suspicion"], flagged))
+
+    cleaned = load_from_disk(str(defended / "cleaned"))
+    assert len(cleaned) == 400 - flagged.sum() and cleaned.column_names == ["image", "label"]
+
+    model, processor, metrics = hbg.load_robust_model(str(defended / "model"))
+    summary = json.loads((defended / "metrics.json").read_text())
+    assert list(metrics.values())[0]["clean_accuracy"] == pytest.approx(summary["models"]["student"]["clean_accuracy"])
+    plain = AutoModelForImageClassification.from_pretrained(defended / "model", use_safetensors=True)
+    assert plain.config.num_labels == 10
+    from datasets import load_dataset
+
+    test = load_dataset("imagefolder", data_dir=str(poisoned_folder), split="test")
+    measured = hbg.evaluate_backdoor(model, test, hbg.BadNets(), target_label=0, image_processor=processor,
+                                     progress=False)
+    assert measured["clean_accuracy"] > 0.85 and measured["attack_success_rate"] <= 0.1, measured
+
+    report = (defended / "report.md").read_text()
+    assert "![the most suspicious training images](gallery.png)" in report
+    assert f"**{flagged.sum()} of 400**" in report and "| teacher |" in report and "| student |" in report
+    for stage in ("data", "teacher", "variations", "detection", "student", "evaluation"):
+        assert f"| {stage} |" in report  # every stage's time
+
+
+def test_rerun_skips_finished_stages_and_refuses_other_settings(defended, poisoned_folder, start_model, caplog):
+    import logging
+
+    args = ["defend", "--dataset", "imagefolder", "--data-dir", str(poisoned_folder), "--model", str(start_model),
+            "--diffusion-model", "embedded", "--output-dir", str(defended), "--config",
+            str(defended.parent / "quick.yaml"), "--seed", "0"]
+    before = json.loads((defended / "stages" / "stages.json").read_text())
+    with caplog.at_level(logging.INFO, logger="hf_backdoor_guard"):
+        assert main(args) == 0
+    after = json.loads((defended / "stages" / "stages.json").read_text())
+    assert after == before  # nothing ran again
+    assert "Stage teacher: finished earlier" in caplog.text
+    caplog.clear()
+    assert main(args + ["--num-train-epochs", "3"]) == 2
+    assert "'teacher' stage was made with other settings (num_train_epochs: was 8.0, now 3.0)" in caplog.text
+
+
+def _defend(tmp_path, *extra: str) -> int:
+    return main(["defend", "--diffusion-model", "embedded", "--model", "small-resnet",
+                 "--output-dir", str(tmp_path / "out"), *extra])
+
+
+def test_missing_columns_list_what_the_dataset_has(tmp_path, poisoned_folder, caplog):
+    assert _defend(tmp_path, "--dataset", "imagefolder", "--data-dir", str(poisoned_folder),
+                   "--label-column", "digit") == 2
+    assert "Label column 'digit' not found; the dataset has columns ['image', 'label']" in caplog.text
+    assert _defend(tmp_path, "--dataset", "imagefolder", "--data-dir", str(poisoned_folder),
+                   "--split", "training") == 2
+    assert "has no split 'training'; its splits are ['train', 'test']" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_diffusion_pipeline_names_the_supported_families(tmp_path, poisoned_folder, caplog):
+    folder = tmp_path / "sdxl"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    assert main(["defend", "--dataset", "imagefolder", "--data-dir", str(poisoned_folder), "--model", "small-resnet",
+                 "--diffusion-model", str(folder), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "Unsupported pipeline class StableDiffusionXLPipeline" in caplog.text
+    assert "supported families" in caplog.text and "sd-image-variation" in caplog.text.lower().replace(" ", "-")
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_diffusion_model_without_a_gpu_says_what_it_needs(tmp_path, poisoned_folder, caplog):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["defend", "--dataset", "imagefolder", "--data-dir", str(poisoned_folder), "--model", "small-resnet",
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    assert "lambdalabs/sd-image-variations-diffusers" in caplog.text and "needs a CUDA GPU" in caplog.text
+    assert "--diffusion-model embedded" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_with_user_files_is_refused_and_untouched(tmp_path, poisoned_folder, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert _defend(tmp_path, "--dataset", "imagefolder", "--data-dir", str(poisoned_folder)) == 2
+    assert "not empty" in caplog.text
+    assert [path.name for path in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--dataset", "imagefolder"], "needs a data folder"),
+    (["--dataset", "imagefolder", "--data-dir", "DATA", "--seed", "-1"], "seed must be an int"),
+    (["--dataset", "imagefolder", "--data-dir", "DATA", "--model", "resnet18"], "neither an architecture"),
+    (["--dataset", "imagefolder", "--data-dir", "DATA", "--alpha", "nan"], "alpha must lie in"),
+    (["--dataset", "imagefolder", "--data-dir", "DATA", "--eval-split", "train"], "both 'train'"),
+    (["--dataset", "imagefolder", "--data-dir", "DATA", "--push-to-hub", "not a repo!"], "not a valid Hub"),
+])
+def test_bad_options_fail_before_work(tmp_path, poisoned_folder, caplog, flags, words):
+    flags = [str(poisoned_folder) if flag == "DATA" else flag for flag in flags]
+    assert _defend(tmp_path, *flags) == 2
+    assert words in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_file_with_unknown_keys_is_refused(tmp_path, caplog):
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset: imagefolder\nepochs: 3\n")
+    assert main(["defend", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "Unknown option(s) ['epochs']" in caplog.text
