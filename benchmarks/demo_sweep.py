@@ -28,7 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ATTACKS = ["badnets", "blended", "wanet", "sig"]
+from hf_backdoor_guard.attacks import ATTACKS as ATTACK_REGISTRY  # noqa: E402  (numpy + PIL only)
+
+ATTACKS = list(ATTACK_REGISTRY.names())  # every registered attack, as `demo --attack all` runs them
 
 # name -> run_demo overrides (DemoSettings fields; "variation_options" for ImageVariation)
 CONFIGS: dict[str, dict] = {

@@ -1,6 +1,7 @@
 """load_digits_dataset: real scikit-learn digits, three disjoint seed-fixed splits."""
 
 import hashlib
+import re
 from collections import Counter
 
 import numpy as np
@@ -86,3 +87,73 @@ def test_native_size_keeps_the_pixels():
 def test_bad_options_raise_before_work(options, word):
     with pytest.raises(ValueError, match=word):
         load_digits_dataset(**options)
+
+
+# --- a user's dataset: load_image_splits -------------------------------------------------------
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A tiny imagefolder (train/test, two classes) written from the digits."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    small = load_digits_dataset()
+    for split, rows in (("train", range(12)), ("test", range(6))):
+        for i in rows:
+            row = small[split][i]
+            path = root / split / f"digit{row['label']}"
+            path.mkdir(parents=True, exist_ok=True)
+            row["image"].save(path / f"{i}.png")
+    return root
+
+
+def test_imagefolder_gives_train_and_test_with_checked_columns(folder):
+    from hf_backdoor_guard.data import class_names, load_image_splits
+
+    train, test = load_image_splits("imagefolder", data_dir=str(folder))
+    assert (len(train), len(test)) == (12, 6)
+    assert class_names(train) == class_names(test) and class_names(train)[0].startswith("digit")
+    only_train, none = load_image_splits("imagefolder", "test", "train", data_dir=str(folder))
+    assert (len(only_train), len(none)) == (6, 12)
+
+
+def test_saved_folders_load_and_a_single_dataset_is_its_train_split(folder, tmp_path):
+    from datasets import DatasetDict
+
+    from hf_backdoor_guard.data import load_image_splits
+
+    train, test = load_image_splits("imagefolder", data_dir=str(folder))
+    DatasetDict({"train": train, "validation": test}).save_to_disk(str(tmp_path / "dict"))
+    loaded_train, loaded_eval = load_image_splits(str(tmp_path / "dict"))
+    assert (len(loaded_train), len(loaded_eval)) == (12, 6)  # "validation" is found without --eval-split
+    train.save_to_disk(str(tmp_path / "single"))
+    alone, missing = load_image_splits(str(tmp_path / "single"))
+    assert len(alone) == 12 and missing is None
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"split": "training"}, "has no split 'training'; its splits are ['train', 'test']"),
+    ({"eval_split": "dev"}, "has no split 'dev'"),
+    ({"image_column": "img"}, "Image column 'img' not found; the dataset has columns ['image', 'label']"),
+    ({"label_column": "digit"}, "Label column 'digit' not found; the dataset has columns ['image', 'label']"),
+    ({"eval_split": "train"}, "both 'train'"),
+])
+def test_bad_splits_and_columns_name_what_the_dataset_has(folder, kwargs, words):
+    from hf_backdoor_guard.data import load_image_splits
+
+    with pytest.raises(ValueError, match=re.escape(words)):
+        load_image_splits("imagefolder", data_dir=str(folder), **kwargs)
+
+
+def test_imagefolder_without_a_folder_and_a_missing_folder(tmp_path):
+    from hf_backdoor_guard.data import load_image_splits
+
+    with pytest.raises(ValueError, match="needs a data folder"):
+        load_image_splits("imagefolder")
+    with pytest.raises(ValueError, match="is not a folder"):
+        load_image_splits("imagefolder", data_dir=str(tmp_path / "nowhere"))
+
+
+def test_stratified_subset_keeps_order_and_class_shares(digits):
+    from hf_backdoor_guard.data import stratified_subset
+
+    subset = stratified_subset(digits["train"], 100, seed=0)
+    assert len(subset) == 100 and np.bincount(subset["label"], minlength=10).min() >= 9
+    assert stratified_subset(digits["train"], None, seed=0) is digits["train"]

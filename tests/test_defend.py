@@ -45,14 +45,36 @@ def start_model(tmp_path_factory):
     return folder
 
 
+UPLOADS: list = []
+
+
+class RecordingHfApi:
+    """Stands in for huggingface_hub.HfApi: uploads cannot happen offline (tests/hub_server.py serves downloads
+    only); it records what would have been uploaded."""
+
+    def __init__(self, token=None):
+        pass
+
+    def create_repo(self, repo_id, **kwargs):
+        UPLOADS.append(("create_repo", repo_id, kwargs.get("repo_type")))
+
+    def upload_folder(self, *, repo_id, folder_path, repo_type=None, **kwargs):
+        UPLOADS.append(("upload_folder", repo_id, folder_path, repo_type))
+
+
 @pytest.fixture(scope="module")
 def defended(poisoned_folder, start_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("defend")
     config = root / "quick.yaml"
     config.write_text(QUICK_CONFIG)
     out = root / "out"
-    code = main(["defend", "--dataset", "imagefolder", "--data-dir", str(poisoned_folder), "--model", str(start_model),
-                 "--diffusion-model", "embedded", "--output-dir", str(out), "--config", str(config), "--seed", "0"])
+    with pytest.MonkeyPatch.context() as patch:
+        import huggingface_hub
+
+        patch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
+        code = main(["defend", "--dataset", "imagefolder", "--data-dir", str(poisoned_folder), "--model",
+                     str(start_model), "--diffusion-model", "embedded", "--output-dir", str(out), "--config",
+                     str(config), "--seed", "0", "--push-to-hub", "me/digits-robust"])
     assert code == 0
     return out
 
@@ -92,6 +114,11 @@ def test_defend_writes_model_cleaned_detection_and_report(defended, poisoned_fol
                                      progress=False)
     assert measured["clean_accuracy"] > 0.85 and measured["attack_success_rate"] <= 0.1, measured
 
+    # --push-to-hub uploaded exactly the model folder, after everything was written
+    assert UPLOADS == [("create_repo", "me/digits-robust", "model"),
+                       ("upload_folder", "me/digits-robust", str(defended / "model"), "model")]
+    assert summary["hub"]["repo_id"] == "me/digits-robust"
+
     report = (defended / "report.md").read_text()
     assert "![the most suspicious training images](gallery.png)" in report
     assert f"**{flagged.sum()} of 400**" in report and "| teacher |" in report and "| student |" in report
@@ -104,7 +131,7 @@ def test_rerun_skips_finished_stages_and_refuses_other_settings(defended, poison
 
     args = ["defend", "--dataset", "imagefolder", "--data-dir", str(poisoned_folder), "--model", str(start_model),
             "--diffusion-model", "embedded", "--output-dir", str(defended), "--config",
-            str(defended.parent / "quick.yaml"), "--seed", "0"]
+            str(defended.parent / "quick.yaml"), "--seed", "0"]  # no --push-to-hub: it decides no stage
     before = json.loads((defended / "stages" / "stages.json").read_text())
     with caplog.at_level(logging.INFO, logger="hf_backdoor_guard"):
         assert main(args) == 0

@@ -96,6 +96,7 @@ def test_one_builder_takes_architectures_folders_and_reheads_with_a_warning(tmp_
 
 @pytest.mark.parametrize("model, words", [
     ("resnet18", "neither an architecture"), ("../nowhere/x/y", "neither an architecture"),
+    ("someone/missing-model", "could not read its config.json"),  # a Hub id, offline in tests
 ])
 def test_builder_refuses_what_it_cannot_load(model, words):
     with pytest.raises(ValueError, match=words):
