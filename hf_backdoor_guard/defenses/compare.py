@@ -24,6 +24,19 @@ logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
 
+# Options for the embedded digits benchmark where the paper's settings, scaled to its 12-epoch
+# budget, leave a baseline far below what it can do there (BadNets, seed 0, measured with
+# benchmarks/defenses_smoke.py; BENCHMARKS.md, "defenses"). Chosen with the benchmark's ground
+# truth, so they can only flatter the baselines; every other defense keeps its class defaults.
+EMBEDDED_BENCHMARK_OPTIONS: dict[str, dict] = {
+    # 2.4 isolation epochs at gamma 0.5 end before the batch loss reaches gamma: no poisoned row was
+    # isolated (AUROC 0.07, ASR 0.67). 6 epochs at gamma 0.1 isolate 4 of 8 (ASR 0.19).
+    "abl": {"gamma": 0.1, "isolation_share": 0.5, "retrain_share": 0.5},
+    # The ResNet's 64 penultimate features reduced to ICA's 10 dimensions split the target class
+    # wrongly (9 of 73 poisoned rows in its smaller cluster); 2 dimensions isolate 61 of them.
+    "activation_clustering": {"num_dims": 2},
+}
+
 
 def evaluate_defense(model, test_ds, attack, target_label: int = 0, image_processor=None, *, triggered_ds=None,
                      batch_size: int = 128, image_column: str = "image", label_column: str = "label") -> dict:
@@ -94,7 +107,8 @@ def run_defenses(
 
     Each record holds ``clean_accuracy``, ``attack_success_rate``, ``robust_accuracy``, ``der``
     (against ``"none"``), ``seconds`` (the defense plus its evaluation: for test-time
-    purification the evaluation is the defense's work), ``assumes``, ``options`` and, where the
+    purification the evaluation is the defense's work), ``assumes``, ``options``, ``info``
+    (the defense's own facts: pruned channels, isolated rows, ...) and, where the
     defense scores rows and the data has a ``poisoned`` column, ``detection`` (AUROC,
     precision, recall). ``"none"`` always runs first. ``options`` maps a defense name to
     its options (``{"purification": {"variation": hbg.ImageVariation.embedded()}}``).
@@ -137,6 +151,7 @@ def run_defenses(
         record["seconds"] = round(seconds, 1)
         record["assumes"] = result.assumes
         record["options"] = result.info.get("options", {})
+        record["info"] = {key: value for key, value in result.info.items() if key != "options"}
         detection = detection_record(result, poisoned_train)
         if detection is not None:
             record["detection"] = detection

@@ -123,7 +123,7 @@ def scatter_png(board: Mapping) -> bytes:
 
     check_leaderboard(board)
     singles = _singles(board)
-    figure = Figure(figsize=(4.2 * len(singles), 4.0), layout="constrained")
+    figure = Figure(figsize=(4.8 * len(singles), 4.0), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(singles), squeeze=False)[0]
     for ax, single in zip(axes, singles):
@@ -131,7 +131,7 @@ def scatter_png(board: Mapping) -> bytes:
             x, y = entry["attack_success_rate"], entry["clean_accuracy"]
             ax.scatter([x], [y], s=36, marker="s" if name == REFERENCE else "o", zorder=3)
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xlim(-0.05, 1.05)
+        ax.set_xlim(-0.05, 1.25)  # room for the names of points near ASR 1
         ax.set_xlabel("attack success rate (ASR, lower is better)")
         ax.set_ylabel("clean accuracy (C-Acc)")
         ax.set_title(f"{single['attack']}, seed {single['seed']}")
