@@ -29,6 +29,11 @@ LOCK = ".hf-backdoor-guard.lock"
 _OWN_NAMES = (MARKER, LOCK, LOCK + ".holder")
 
 
+def _is_own_file(name: str) -> bool:
+    """Our marker and lock files, and the temporary files their atomic writes pass through."""
+    return name in _OWN_NAMES or any(name.startswith(f".{own}.") and name.endswith(".tmp") for own in _OWN_NAMES)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename: a kill leaves the old file or the new one."""
     path = Path(path)
@@ -98,7 +103,7 @@ def check_output_dir(path: str | os.PathLike, owner: str, option: str = "output_
                 "so neither run's files are overwritten."
             )
         return
-    entries = sorted(entry.name for entry in path.iterdir() if entry.name not in _OWN_NAMES)
+    entries = sorted(entry.name for entry in path.iterdir() if not _is_own_file(entry.name))
     if entries:
         raise ValueError(
             f"{option} {path} is not empty and was not written by `{owner}` ({len(entries)} entries, e.g. "
@@ -130,7 +135,9 @@ def remove_outputs(path: str | os.PathLike, names: Iterable[str] | None = None) 
     """Delete recorded outputs (all of them, or those of ``names`` that are recorded); return what was removed.
 
     A name that was never recorded is left alone, so this can only delete what one of
-    our jobs wrote, never a user's file.
+    our jobs wrote, never a user's file. Removed names (and recorded names that no
+    longer exist) leave the marker, so a user's file that later takes such a name is
+    not ours to delete.
     """
     path = Path(path)
     recorded = recorded_outputs(path)
@@ -145,6 +152,10 @@ def remove_outputs(path: str | os.PathLike, names: Iterable[str] | None = None) 
         else:
             continue
         removed.append(name)
+    gone = set(wanted)
+    if gone:
+        marker = read_marker(path)
+        write_json_atomic(path / MARKER, {**marker, "outputs": [name for name in recorded if name not in gone]})
     return removed
 
 

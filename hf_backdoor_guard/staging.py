@@ -17,15 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 from .outputs import (
-    MARKER,
     check_output_dir,
     claim_output_dir,
     locked,
-    read_marker,
     record_outputs,
     recorded_outputs,
     remove_outputs,
-    write_json_atomic,
 )
 
 OWNER = "publish"  # the owner of staging folders in their outputs marker
@@ -66,8 +63,7 @@ def stage(output_dir: str | os.PathLike | None, kind: str, write: Callable[[Path
         record_outputs(folder, names)
         for name in names:
             os.replace(scratch / name, folder / name)
-        scratch.rmdir()
-        _forget_outputs(folder, names)
+        remove_outputs(folder, [SCRATCH])  # empty now
     return folder
 
 
@@ -96,14 +92,3 @@ def _refuse_users_names(folder: Path, names: list[str]) -> None:
             f"output_dir {folder} holds {theirs}, which this publish would write, but no earlier publish staged "
             "them there, so they are yours; move them away or choose another folder. Nothing was changed."
         )
-
-
-def _forget_outputs(folder: Path, keep: list[str]) -> None:
-    """Keep in the marker only the names staged now.
-
-    ``outputs.record_outputs`` only ever adds names; a stale one (a file the previous
-    publish staged and this one did not) would let a later publish delete a user's
-    file that happens to reuse the name.
-    """
-    marker = read_marker(folder)
-    write_json_atomic(folder / MARKER, {**marker, "outputs": [name for name in marker["outputs"] if name in keep]})

@@ -42,9 +42,17 @@ def test_only_recorded_outputs_are_removed(tmp_path):
     assert remove_outputs(folder, ["notes.md", "model.safetensors"]) == ["model.safetensors"]
     assert remove_outputs(folder) == ["sub"]
     assert (folder / "notes.md").read_text() == "the user's"
-    assert recorded_outputs(folder) == ["model.safetensors", "sub"]
+    assert recorded_outputs(folder) == []  # removed names are forgotten: a user's file may take them later
+    (folder / "sub").write_text("the user's, under a name we once wrote")
+    assert remove_outputs(folder) == []
+    assert (folder / "sub").read_text().startswith("the user's")
     with pytest.raises(ValueError, match="plain names"):
         record_outputs(folder, ["../escape"])
+
+
+def test_a_marker_being_written_is_not_a_users_file(tmp_path):
+    (tmp_path / "..hf-backdoor-guard.json.x1y2.tmp").write_text("{}")  # another rank's atomic write in flight
+    claim_output_dir(tmp_path, "variations")
 
 
 def test_atomic_json_leaves_no_temporary_file(tmp_path):
