@@ -327,3 +327,13 @@ def test_leaderboard_format_errors_name_what_is_missing(tmp_path):
 def test_nad_attention_distance_is_zero_against_itself(poisoned_setup):
     model, processor = poisoned_setup["model"], poisoned_setup["processor"]
     assert attention_distance(model, model, poisoned_setup["clean"], processor) == 0.0
+
+
+def test_column_names_are_configurable(poisoned_setup):
+    renamed = poisoned_setup["train"].rename_columns({"image": "img", "label": "y"})
+    clean = poisoned_setup["clean"].rename_columns({"image": "img", "label": "y"})
+    kwargs = common(poisoned_setup, clean_subset=clean, image_column="img", label_column="y")
+    spectral = run_defense("spectral", renamed, **kwargs)
+    assert auroc(spectral.suspicion, renamed["poisoned"]) > 0.9
+    pruned = run_defense("fine_pruning", renamed, **kwargs)
+    assert pruned.info["pruned_channels"]
