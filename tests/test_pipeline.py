@@ -171,6 +171,7 @@ def test_two_processes_killed_mid_generation_resume_from_the_last_stage_and_shar
     first.wait()
     records = json.loads((out / "stages" / RECORD).read_text())
     assert records["teacher"]["complete"] and records["teacher"]["num_processes"] == 2
+    assert records["teacher"]["details"]["trainer_processes"] == 2  # the Trainer ran DDP over both
     assert not records["variations"].get("complete") and "student" not in records
     finished = _finished_shards(shards)
     assert finished
@@ -185,6 +186,7 @@ def test_two_processes_killed_mid_generation_resume_from_the_last_stage_and_shar
         assert (shards / name).stat().st_mtime_ns == mtime
     assert all(after[stage]["complete"] and after[stage]["num_processes"] == 2
                for stage in ("variations", "detection", "student", "student_cleaned", "evaluation"))
+    assert after["student"]["details"]["trainer_processes"] == 2
     from datasets import load_from_disk
 
     varied = load_from_disk(str(shards))

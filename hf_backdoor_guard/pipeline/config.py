@@ -240,12 +240,6 @@ def check_diffusion_model(config: DefendConfig) -> None:
                        "diffusion models.", config.diffusion_model)
 
 
-def resolved_label(config: DefendConfig) -> str:
-    """A short description of the run for logs and the report."""
-    source = config.dataset or "a dataset given in code"
-    return f"{source} ({config.split})" + (f", research attack {config.attack}" if config.research else "")
-
-
 # Which options decide which stage's output (a rerun with another value is refused, naming it).
 STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
     "data": ("dataset", "data_dir", "dataset_config", "split", "eval_split", "image_column", "label_column",

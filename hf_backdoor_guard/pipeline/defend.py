@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..outputs import check_output_dir, claim_output_dir, locked, record_outputs, recorded_outputs, remove_outputs
 from . import stages
 from .config import DefendConfig, check_diffusion_model, stage_settings
@@ -177,7 +175,7 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
     device = _process_device(config.resolved_device())
     use_cpu = device == "cpu"
     state = process_state()
-    with _claimed(output_dir, owner, config.overwrite, state.is_main_process):
+    with _claimed(output_dir, owner, config.overwrite, state.is_main):
         run = RunFolder(output_dir / STAGES_DIR, option="--output-dir",
                         restart_hint=", or pass --overwrite to start over (it removes only what backdoor-guard "
                                      "wrote there)")
@@ -246,8 +244,7 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
 
 def defend_main(config: DefendConfig) -> dict:
     """``run_defend`` with logging for the command line (warnings only on non-main processes)."""
-    state = process_state()
-    if not state.is_main_process:
+    if not process_state().is_main:
         logging.getLogger("hf_backdoor_guard").setLevel(logging.WARNING)
     return run_defend(config)
 

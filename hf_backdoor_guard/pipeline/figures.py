@@ -117,8 +117,8 @@ def suspicion_histogram(scores, path: str | os.PathLike, *, threshold: float | N
         axis.hist(scores, bins=edges, color=CLEAN_COLOUR, alpha=0.8, label=f"all rows ({len(scores)})")
     else:
         poisoned = np.asarray(poisoned, dtype=bool)
-        axis.hist(scores[~poisoned], bins=edges, color=CLEAN_COLOUR, alpha=0.7, label=f"clean ({int((~poisoned).sum())})")
-        axis.hist(scores[poisoned], bins=edges, color=POISONED_COLOUR, alpha=0.7, label=f"poisoned ({int(poisoned.sum())})")
+        for mask, colour, name in ((~poisoned, CLEAN_COLOUR, "clean"), (poisoned, POISONED_COLOUR, "poisoned")):
+            axis.hist(scores[mask], bins=edges, color=colour, alpha=0.7, label=f"{name} ({int(mask.sum())})")
     if threshold is not None and math.isfinite(threshold):
         axis.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
     axis.set_yscale("log")

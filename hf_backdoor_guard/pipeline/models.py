@@ -61,7 +61,6 @@ def resnet_processor(image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std
     """Shortest edge to ``image_size``, centre crop, normalise (``microsoft/resnet-*`` style)."""
     try:
         import torchvision  # noqa: F401
-
         from transformers import ConvNextImageProcessor as Processor
     except ImportError:  # without torchvision transformers would fall back to the PIL one anyway, with a warning
         from transformers import ConvNextImageProcessorPil as Processor

@@ -268,7 +268,8 @@ def render_report(result: dict, config, title: str) -> str:
                                                          "guidance_scale", "eta", "color_transfer")
                           if variation.get(k) is not None) + "."]
     if config.research:
-        lines.append(f"- attack: `{config.attack}` {json.dumps(result['attack_config'])}, target {config.target_label}.")
+        lines.append(f"- attack: `{config.attack}` {json.dumps(result['attack_config'])}, "
+                     f"target {config.target_label}.")
     lines += ["", "## Time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in result["timings"].items()]
     lines += ["", f"Total for this run: {result['seconds']:.0f} s ({rows['torch_threads']} torch thread(s)); a stage "

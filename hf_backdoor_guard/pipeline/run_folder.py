@@ -36,47 +36,14 @@ RECORD = "stages.json"
 _TMP_PREFIX = ".tmp-"
 
 
-class _OneProcess:
-    """Stands in for accelerate's ``PartialState`` when nothing was launched in parallel."""
-
-    process_index, num_processes, is_main_process = 0, 1, True
-
-    def wait_for_everyone(self) -> None:
-        pass
-
-
-class _TorchGroup:
-    """A ``torch.distributed`` group someone started without accelerate's environment (a debug launcher)."""
-
-    def __init__(self):
-        import torch.distributed as dist
-
-        self._dist = dist
-        self.process_index, self.num_processes = dist.get_rank(), dist.get_world_size()
-        self.is_main_process = self.process_index == 0
-
-    def wait_for_everyone(self) -> None:
-        self._dist.barrier()
-
-
 def process_state():
-    """Rank, world size, ``is_main_process`` and ``wait_for_everyone`` of the current launch.
+    """The processes of the current launch (``accelerate launch``, ``torchrun``, or one): rank, world, barrier.
 
-    Under ``accelerate launch`` / ``torchrun`` this is accelerate's ``PartialState``; on a
-    machine without CUDA it is asked for a CPU group, which accelerate otherwise only forms
-    for ``--cpu`` launches (a ``torchrun`` would give N independent processes). A plain call
-    gets a single-process stand-in and creates no global state.
+    The same helper ``generate_variations`` uses (:mod:`hf_backdoor_guard.variations.processes`).
     """
-    import torch
-    import torch.distributed as dist
+    from ..variations.processes import current_processes
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        return PartialState(cpu=not torch.cuda.is_available())
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return _TorchGroup()
-    return _OneProcess()
+    return current_processes()
 
 
 def settings_differences(recorded: dict, planned: dict) -> list[str]:
@@ -108,23 +75,23 @@ class RunFolder:
         self.option = option
         self.restart_hint = restart_hint
         self.state = process_state()
-        if self.state.is_main_process:
+        if self.state.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
             self._remove_temporaries()
-        self.state.wait_for_everyone()
+        self.state.barrier()
 
     # --- processes -----------------------------------------------------------------------
     @property
     def is_main_process(self) -> bool:
-        return self.state.is_main_process
+        return self.state.is_main
 
     @property
     def num_processes(self) -> int:
-        return self.state.num_processes
+        return self.state.world
 
     def wait(self) -> None:
         """Barrier: every process of the launch reaches this point before any goes on."""
-        self.state.wait_for_everyone()
+        self.state.barrier()
 
     # --- records ---------------------------------------------------------------------------
     def records(self) -> dict[str, dict]:

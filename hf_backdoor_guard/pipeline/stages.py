@@ -121,6 +121,11 @@ def _resume_point(output_dir: Path) -> str | None:
     return last_complete_checkpoint(output_dir) if output_dir.is_dir() else None
 
 
+def _trained(trainer) -> dict:
+    """What the stage record keeps about a training: the processes it ran on (DDP) and its steps."""
+    return {"trainer_processes": trainer.accelerator.num_processes, "steps": trainer.state.global_step}
+
+
 def _drop_checkpoints(run: RunFolder, output_dir: Path) -> None:
     if run.is_main_process and output_dir.is_dir():
         shutil.rmtree(output_dir)  # our own checkpoints of a stage that is now saved
@@ -144,6 +149,7 @@ def teacher_stage(run: RunFolder, train, *, settings: dict, model: str, label_na
                                    augment=augment, resume_from_checkpoint=_resume_point(checkpoints))
         _save_classifier(run, "teacher", trainer.model, processor)
         _drop_checkpoints(run, checkpoints)
+        return _trained(trainer)
 
     return run.run_stage("teacher", settings, "teacher", make, _load_classifier)
 
@@ -276,6 +282,7 @@ def student_stage(run: RunFolder, name: str, variations, detection: dict, *, set
         trainer.train(resume_from_checkpoint=_resume_point(checkpoints))
         _save_classifier(run, name, trainer.model, processor)
         _drop_checkpoints(run, checkpoints)
+        return _trained(trainer)
 
     return run.run_stage(name, settings, name, make, _load_classifier)
 
@@ -293,6 +300,7 @@ def baseline_stage(run: RunFolder, name: str, train, *, settings: dict, model: s
                                    augment=augment, resume_from_checkpoint=_resume_point(checkpoints))
         _save_classifier(run, name, trainer.model, processor)
         _drop_checkpoints(run, checkpoints)
+        return _trained(trainer)
 
     return run.run_stage(name, settings, name, make, _load_classifier)
 
