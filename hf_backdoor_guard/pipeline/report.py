@@ -172,6 +172,13 @@ def _clean_only_card(repo_id: str, result: dict):
 
 
 # --- everything -------------------------------------------------------------------------
+def _data_name(config, inputs) -> str:
+    if config.dataset is None:
+        return (inputs.data_settings or {}).get("dataset", "data given in code")
+    return config.dataset + (f" ({config.data_dir})" if config.data_dir else "")
+
+
+
 def write_outputs(output_dir: Path, run, config, inputs, data, variations, detection: dict, scores: dict, *,
                   student, started: float, report_title: str | None = None) -> dict:
     """Write the output folder's files and return the run's numbers (also in ``metrics.json``)."""
@@ -208,8 +215,8 @@ def write_outputs(output_dir: Path, run, config, inputs, data, variations, detec
         "settings": config.to_dict(),
         "rows": {"train": len(train), "kept": len(kept), "test": len(data["eval"]),
                  "torch_threads": torch.get_num_threads()},
-        "data": config.dataset or (inputs.data_settings or {}).get("dataset", "data given in code"),
-        "eval_split": config.eval_split or "test",
+        "data": _data_name(config, inputs),
+        "eval_split": str(getattr(inputs.eval_ds, "split", None) or config.eval_split or "test"),
     }
     title = report_title or f"backdoor-guard defend: {result['data']}"
     if config.research:
