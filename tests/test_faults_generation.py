@@ -1,19 +1,16 @@
 """Fault injection: a real generation process is SIGKILLed, then the rerun must equal an uninterrupted run.
 
-The kills come from the test's own subprocess script (``generation_script.py``), at
+The kills come from the test's own child process (``generation_child.py``, forked), at
 points it reaches through its own hooks: at the start of a denoising call (mid-shard,
 with the writer thread busy on the previous batch) and between a shard file's rename
 and its manifest. SIGKILL gives the process no chance to clean up, as a crash or an
 out-of-memory kill would not.
 """
 
-import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
+import generation_child
 import pytest
 from datasets import load_from_disk
 from test_variations_generate import OPTIONS, ddim_variation, make_ds, rows
@@ -21,7 +18,6 @@ from tiny_pipelines import saved_family
 
 import hf_backdoor_guard as hbg
 
-SCRIPT = Path(__file__).with_name("generation_script.py")
 CALL = dict(batch_size=2, shard_size=4)
 # Written afresh by every run (timestamps, process ids), so not compared byte for byte.
 RUN_FILES = {".hf-backdoor-guard.json", ".hf-backdoor-guard.lock", ".hf-backdoor-guard.lock.holder",
@@ -47,12 +43,10 @@ def reference(ds_dir, tmp_path_factory):
 
 
 def killed_run(ds_dir, out_dir, **hook):
-    options = {"pipeline": str(saved_family("ddim")[0]), "variation": OPTIONS, "call": CALL, **hook}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(hbg.__file__).parents[1]), str(SCRIPT.parent),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(SCRIPT), str(ds_dir), str(out_dir), json.dumps(options)], env=env,
-                          capture_output=True, text=True, timeout=240)
-    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    child = generation_child.start(ds_dir, out_dir, {"pipeline": str(saved_family("ddim")[0]), "variation": OPTIONS,
+                                                     "call": CALL, **hook})
+    child.join(240)
+    assert child.exitcode == -signal.SIGKILL, f"the child process ended with {child.exitcode}"
 
 
 def rerun(ds_dir, out_dir):

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, load_from_disk
+from datasets import ClassLabel, Dataset, Features, load_from_disk
+from datasets import Image as ImageFeature
 from PIL import Image
+from tiny_pipelines import saved_family
 
 import hf_backdoor_guard as hbg
-from tiny_pipelines import saved_family
 
 OPTIONS = dict(size=32, num_inference_steps=4, strength=0.5, eta=1.0, num_variations=2)
 
@@ -123,7 +124,11 @@ def test_bad_arguments_fail_before_any_work(ds, tmp_path):
         hbg.generate_variations(ds, variation, tmp_path / "c", shard_size=0)
     with pytest.raises(ValueError, match="must be an ImageVariation"):
         hbg.generate_variations(ds, lambda batch: batch, tmp_path / "d")
-    assert calls == [] and not any((tmp_path / name).exists() for name in "abcd")
+    with pytest.raises(ValueError, match=r"part_index must be an int in \[0, 1\], got 2"):
+        hbg.generate_variations(ds, variation, tmp_path / "e", part_index=2, num_parts=2)
+    with pytest.raises(ValueError, match="Part 3 of 4 has no shards: the input's 10 rows make 3 shards of 4 rows"):
+        hbg.generate_variations(ds, variation, tmp_path / "f", shard_size=4, part_index=3, num_parts=4)
+    assert calls == [] and not any((tmp_path / name).exists() for name in "abcdef")
 
 
 def test_progress_bar_reports_images_per_second(ds, tmp_path, capsys):
@@ -265,26 +270,28 @@ def test_resume_redoes_a_shard_cut_in_the_middle(ds, clean_run, tmp_path, caplog
 
 # ============================================================== one run per folder (issue 16.8)
 
-SCRIPT = Path(__file__).with_name("generation_script.py")
+def start_child(ds_dir, out_dir, **options):
+    """A real second process (forked) running generate_variations; see generation_child.py."""
+    import generation_child
+
+    return generation_child.start(ds_dir, out_dir, {"pipeline": str(saved_family("ddim")[0]), "variation": OPTIONS,
+                                                    **options})
 
 
-def start_script(ds_dir, out_dir, **options):
-    import subprocess
-    import sys
+def finish_child(child, out_dir, timeout=240):
+    import generation_child
 
-    options = {"pipeline": str(saved_family("ddim")[0]), "variation": OPTIONS, **options}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(hbg.__file__).parents[1]), str(SCRIPT.parent),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, str(SCRIPT), str(ds_dir), str(out_dir), json.dumps(options)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child.join(timeout)
+    assert child.exitcode == 0, f"the child process ended with {child.exitcode}"
+    return generation_child.result(out_dir)
 
 
-def wait_for(path, process, timeout=120):
+def wait_for(path, child, timeout=120):
     import time
 
     deadline = time.monotonic() + timeout
     while not Path(path).exists():
-        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert child.is_alive(), f"the child process ended with {child.exitcode}"
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.05)
 
@@ -294,7 +301,7 @@ def test_a_second_run_on_the_same_folder_fails_naming_the_first_or_waits_for_it(
 
     ds_dir, out_dir, pause = tmp_path / "input", tmp_path / "variations", tmp_path / "go"
     ds.save_to_disk(str(ds_dir))
-    first = start_script(ds_dir, out_dir, pause_file=str(pause), call=dict(batch_size=2, shard_size=4))
+    first = start_child(ds_dir, out_dir, pause_file=str(pause), call=dict(batch_size=2, shard_size=4))
     try:
         wait_for(str(pause) + ".started", first)  # the first run holds the folder and is generating
         variation = ddim_variation()
@@ -308,9 +315,8 @@ def test_a_second_run_on_the_same_folder_fails_naming_the_first_or_waits_for_it(
                                          wait=True)
     finally:
         pause.touch()
-        out, err = first.communicate(timeout=240)
-    assert first.returncode == 0, err[-3000:]
-    assert json.loads(out.splitlines()[-1])["rows"] == 20
+        done = finish_child(first, out_dir)
+    assert done["rows"] == 20 and done["pid"] == first.pid
     assert calls == []  # every shard was done by the first run, and trusted after verification
     assert rows(result) == rows(clean_run[1])
 
@@ -453,15 +459,13 @@ def test_an_unreadable_image_met_by_the_reader_thread_names_its_row(ds, tmp_path
 
 
 def test_two_machines_without_shared_storage_write_parts_that_merge(ds, clean_run, tmp_path):
-    # Two real processes, each standing for a machine: part i of 2 into a folder of its own.
+    # Two real processes at once, each standing for a machine: part i of 2 into a folder of its own.
     ds_dir = tmp_path / "input"
     ds.save_to_disk(str(ds_dir))
     folders = [tmp_path / "node0", tmp_path / "node1"]
-    runs = [start_script(ds_dir, folder, call=dict(batch_size=2, shard_size=4, part_index=i, num_parts=2))
+    runs = [start_child(ds_dir, folder, call=dict(batch_size=2, shard_size=4, part_index=i, num_parts=2))
             for i, folder in enumerate(folders)]
-    for run in runs:
-        out, err = run.communicate(timeout=240)
-        assert run.returncode == 0, err[-3000:]
+    assert [finish_child(run, folder)["rows"] for run, folder in zip(runs, folders)] == [12, 8]
     assert [p.name for p in shard_files(folders[0])] == ["data-00000.arrow", "data-00002.arrow"]
     assert [p.name for p in shard_files(folders[1])] == ["data-00001.arrow"]
     assert not (folders[0] / "state.json").exists()  # a part alone must not open as the whole dataset

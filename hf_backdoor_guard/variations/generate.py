@@ -98,6 +98,8 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
     check_int("shard_size", shard_size)
     check_int("num_parts", num_parts)
     check_int("part_index", part_index, minimum=0, maximum=num_parts - 1)
+    if not streaming:
+        _check_part_has_shards(len(ds), shard_size, part_index, num_parts)
     if push_to_hub is not None:
         _check_repo_id(push_to_hub)
     output_dir = Path(output_dir)
@@ -291,19 +293,18 @@ def _sort_out(folder: Path, specs: list[ShardSpec], num_variations: int, digest:
 
 
 def assemble(folder: Path, processes: Processes, settings: dict, digest: str, num_rows: int | None, part_index: int,
-              num_parts: int, failed: dict, push_to_hub: str | None, hub_token: str | None):
+             num_parts: int, failed: dict, push_to_hub: str | None, hub_token: str | None):
     """Check the part's shards row by row, finish the folder (main process) and return the dataset."""
     lengths = set(processes.gather(num_rows))
-    num_variations = settings["variation_settings"]["num_variations"]
     specs = [spec for spec in shards.shard_specs(num_rows or 0, settings["shard_size"])
              if spec.index % num_parts == part_index]
-    error, failures = None, processes.gather(failed)
+    error, failures, dataset = None, processes.gather(failed), None
     if processes.is_main:
         try:
             if len(lengths) > 1:
                 raise RuntimeError(f"The processes read inputs of different lengths ({sorted(lengths)} rows).")
-            if not specs:
-                raise ValueError("The dataset is empty: there is nothing to process.")
+            _check_part_has_shards(num_rows, settings["shard_size"], part_index, num_parts)
+            dataset = shards.load_shards(folder, specs, settings["variation_settings"]["num_variations"])
             _finish_folder(folder, specs, settings, digest, num_rows, part_index, num_parts)
             unpushed = sorted(index for found in failures for index in found)
             if push_to_hub and not unpushed:
@@ -311,7 +312,8 @@ def assemble(folder: Path, processes: Processes, settings: dict, digest: str, nu
         except (RuntimeError, ValueError) as caught:
             error = caught
     processes.raise_together(error)
-    dataset = shards.load_shards(folder, specs, num_variations)
+    if dataset is None:
+        dataset = shards.load_shards(folder, specs, settings["variation_settings"]["num_variations"])
     unpushed = {index: why for found in failures for index, why in found.items()}
     if unpushed:
         raise RuntimeError(
@@ -322,18 +324,26 @@ def assemble(folder: Path, processes: Processes, settings: dict, digest: str, nu
     return dataset
 
 
+def _check_part_has_shards(num_rows: int | None, shard_size: int, part_index: int, num_parts: int) -> None:
+    if not num_rows:
+        raise ValueError("The dataset is empty: there is nothing to process.")
+    num_shards = len(shards.shard_specs(num_rows, shard_size))
+    if part_index >= num_shards:
+        raise ValueError(f"Part {part_index} of {num_parts} has no shards: the input's {num_rows} rows make "
+                         f"{num_shards} shards of {shard_size} rows. Use fewer parts or a smaller shard_size.")
+
+
 def _finish_folder(folder: Path, specs: list[ShardSpec], settings: dict, digest: str, num_rows: int, part_index: int,
                    num_parts: int) -> None:
+    """Make the checked shards a finished folder: manifests present, ``load_from_disk`` layout, outputs recorded."""
     from datasets import Dataset
 
-    num_variations = settings["variation_settings"]["num_variations"]
     for spec in specs:
         manifest = shards.read_manifest(folder, spec.index)
         path = folder / shards.shard_name(spec.index)
-        if manifest is None or not path.is_file() or manifest.get("num_bytes") != path.stat().st_size:
-            raise RuntimeError(f"Shard {path} or its manifest is missing or does not match after every process "
-                               "finished; run the same call again to redo it.")
-        shards.check_shard_rows(path, spec, num_variations)
+        if manifest is None or manifest.get("num_bytes") != path.stat().st_size:
+            raise RuntimeError(f"The manifest of {path} is missing or does not match the file after every process "
+                               "finished; run the same call again to redo the shard.")
     names = [name for spec in specs for name in (shards.shard_name(spec.index), shards.manifest_name(spec.index))]
     if num_parts == 1:
         features = Dataset.from_file(str(folder / shards.shard_name(specs[0].index))).features  # as stored
