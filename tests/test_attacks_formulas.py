@@ -124,6 +124,19 @@ def test_wanet_noise_rows_move_each_pixel_by_at_most_half_a_pixel_more():
     assert attack(image).tobytes() == image.tobytes()
 
 
+# --- SIG: the ramp signal and a stronger test-time signal ---------------------------------------
+def test_sig_ramp_and_test_delta_follow_the_paper_formulas():
+    attack = hbg.SIG(signal="ramp", delta=30, test_delta=60)
+    poisoned = as_float(attack.poison_image(flat(100, (12, 4)), index=0, label=0))[..., 1]
+    assert (poisoned == np.rint(100 + 30 * np.arange(12) / 12)[None, :]).all()
+    test = as_float(attack(flat(100, (12, 4))))[..., 1]
+    assert (test == np.rint(100 + 60 * np.arange(12) / 12)[None, :]).all()
+    sine = hbg.SIG(delta=20, frequency=3, test_delta=40)
+    expected = np.rint(100 + 40 * np.sin(2 * np.pi * np.arange(12) * 3 / 12))
+    assert (as_float(sine(flat(100, (12, 4))))[..., 0] == expected[None, :]).all()
+    assert hbg.SIG().test_delta == 20.0
+
+
 # --- Label-Consistent trigger -------------------------------------------------------------------
 def test_label_consistent_four_corner_trigger_follows_the_paper_pattern():
     base = np.array([[-1, -1, 1], [-1, 1, -1], [1, -1, 1]])  # bottom-right 3x3, +1 white, -1 black
@@ -172,6 +185,8 @@ NAN, INF = float("nan"), float("inf")
         (lambda: AdaptiveBlend(cover_ratio=INF), "AdaptiveBlend cover_ratio must lie in \\[0, inf\\)"),
         (lambda: AdaptiveBlend(seed=-1), "AdaptiveBlend seed must be an int"),
         (lambda: WaNet(cover_ratio=-1), "WaNet cover_ratio must lie in"),
+        (lambda: hbg.SIG(signal="square"), "SIG signal must be one of"),
+        (lambda: hbg.SIG(test_delta=INF), "SIG test_delta must lie in"),
         (lambda: LabelConsistent(surrogate=object()), "LabelConsistent surrogate must be a torch image classifier"),
         (lambda: LabelConsistent(epsilon=2.0), "LabelConsistent epsilon must lie in \\[0, 1\\]"),
         (lambda: LabelConsistent(steps=-1), "LabelConsistent steps must be an int >= 0"),

@@ -23,6 +23,60 @@ _BOTTOM_RIGHT = np.array([[-1, -1, 1], [-1, 1, -1], [1, -1, 1]], dtype=np.float6
 _RESAMPLE_MODES = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL filter id -> torch interpolate mode
 
 
+def _logits(model, pixel_values):
+    output = model(pixel_values=pixel_values)
+    return output.logits if hasattr(output, "logits") else output
+
+
+def pgd_linf(logits_fn, clean, labels, epsilon: float, steps: int, step_size: float, generator=None):
+    """Untargeted L-inf PGD (Madry et al., 2018) from a uniform random start in the ``epsilon`` ball.
+
+    ``clean``: ``N x 3 x H x W`` in [0, 1]; ``logits_fn`` maps such a batch to logits. Each
+    step moves ``step_size`` along the sign of the loss gradient, then projects back onto the
+    ball and [0, 1]. Returns the perturbed batch (detached). ``generator`` draws the start.
+    """
+    import torch
+
+    start = torch.rand(clean.shape, generator=generator) * 2 - 1
+    delta = (clean + start.to(clean.device) * epsilon).clamp(0, 1) - clean
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(logits_fn(clean + delta), labels)
+        (gradient,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta = (delta + step_size * gradient.sign()).clamp(-epsilon, epsilon)
+            delta = (clean + delta).clamp(0, 1) - clean
+    return (clean + delta).detach()
+
+
+def differentiable_processor(processor, width: int, height: int):
+    """``(prepare, size)``: a torch copy of ``processor``'s resize and normalisation for ``width x height`` images.
+
+    ``prepare`` maps an ``N x 3 x H x W`` batch in [0, 1] to the processor's ``pixel_values``
+    (resampled with torch's kernel of the processor's filter family; crops are ignored).
+    """
+    import torch
+    from PIL import Image
+
+    probe = Image.new("RGB", (width, height), (128, 128, 128))
+    size = tuple(processor(images=probe, return_tensors="pt")["pixel_values"].shape[-2:])
+    scale = 255.0 * float(getattr(processor, "rescale_factor", 1 / 255)) \
+        if getattr(processor, "do_rescale", True) else 255.0
+    normalise = getattr(processor, "do_normalize", False)
+    mean = torch.tensor(getattr(processor, "image_mean", [0.0] * 3), dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(getattr(processor, "image_std", [1.0] * 3), dtype=torch.float32).view(1, -1, 1, 1)
+    mode = _RESAMPLE_MODES.get(int(getattr(processor, "resample", 2) or 2), "bilinear")
+
+    def prepare(batch):
+        if tuple(batch.shape[-2:]) != size:
+            batch = torch.nn.functional.interpolate(batch, size=size, mode=mode,
+                                                    align_corners=None if mode == "nearest" else False)
+        batch = batch * scale
+        return (batch - mean.to(batch.device)) / std.to(batch.device) if normalise else batch
+
+    return prepare, size
+
+
 @ATTACKS.register
 class LabelConsistent(Attack):
     """Label-Consistent backdoor (Turner et al., 2019): a clean-label attack.
@@ -107,31 +161,7 @@ class LabelConsistent(Attack):
 
     # --- the adversarial perturbation -------------------------------------------------------
     def _make_inputs(self, width: int, height: int):
-        """``(prepare, size)``: a differentiable copy of the processor for images of this size."""
-        import torch
-        from PIL import Image
-
-        probe = Image.new("RGB", (width, height), (128, 128, 128))
-        size = tuple(self.processor(images=probe, return_tensors="pt")["pixel_values"].shape[-2:])
-        scale = 255.0 * float(getattr(self.processor, "rescale_factor", 1 / 255)) \
-            if getattr(self.processor, "do_rescale", True) else 255.0
-        normalise = getattr(self.processor, "do_normalize", False)
-        mean = torch.tensor(getattr(self.processor, "image_mean", [0.0] * 3), dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(getattr(self.processor, "image_std", [1.0] * 3), dtype=torch.float32).view(1, -1, 1, 1)
-        mode = _RESAMPLE_MODES.get(int(getattr(self.processor, "resample", 2) or 2), "bilinear")
-
-        def prepare(batch):  # batch: N x 3 x H x W in [0, 1]
-            if tuple(batch.shape[-2:]) != size:
-                batch = torch.nn.functional.interpolate(batch, size=size, mode=mode, align_corners=False
-                                                        if mode != "nearest" else None)
-            batch = batch * scale
-            return (batch - mean) / std if normalise else batch
-
-        return prepare, size
-
-    def _logits(self, pixel_values):
-        output = self.surrogate(pixel_values=pixel_values)
-        return output.logits if hasattr(output, "logits") else output
+        return differentiable_processor(self.processor, width, height)
 
     def perturb(self, pixels: np.ndarray, label: int, index: int) -> np.ndarray:
         """PGD (L-inf ``epsilon``) that raises the surrogate's loss on ``label``; returns a uint8 image."""
@@ -141,19 +171,11 @@ class LabelConsistent(Attack):
         prepare, _ = self._cached(self._make_inputs, width, height)
         device = next(self.surrogate.parameters()).device
         clean = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1)[None].to(device)
-        target = torch.tensor([label], device=device)
         generator = torch.Generator().manual_seed(seed_for(self.seed, index) % 2**63)
-        delta = ((torch.rand(clean.shape, generator=generator) * 2 - 1) * self.epsilon).to(device)
-        delta = (clean + delta).clamp(0, 1) - clean
-        for _ in range(self.steps):
-            delta.requires_grad_(True)
-            loss = torch.nn.functional.cross_entropy(self._logits(prepare(clean + delta)), target)
-            (gradient,) = torch.autograd.grad(loss, delta)
-            with torch.no_grad():
-                delta = (delta + self.step_size * gradient.sign()).clamp(-self.epsilon, self.epsilon)
-                delta = (clean + delta).clamp(0, 1) - clean
-        adversarial = (clean + delta).detach()[0].permute(1, 2, 0).cpu().numpy()
-        return to_uint8(adversarial * 255.0)
+        adversarial = pgd_linf(lambda batch: _logits(self.surrogate, prepare(batch)), clean,
+                               torch.tensor([label], device=device), self.epsilon, self.steps, self.step_size,
+                               generator)
+        return to_uint8(adversarial[0].permute(1, 2, 0).cpu().numpy() * 255.0)
 
     # --- caching and reports ----------------------------------------------------------------
     def fingerprint(self) -> str | None:

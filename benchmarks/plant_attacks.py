@@ -1,0 +1,233 @@
+"""Does the embedded demo's teacher learn each attack's backdoor? Teacher only: poison, train, evaluate.
+
+For every chosen attack and seed this poisons the demo's victim split (digits, 800 rows,
+target 0) with the attack's embedded-benchmark setting (``embedded_attack``, which
+options below can override), trains the demo's small ResNet teacher (``demo.build_classifier``) for 12 epochs
+with the demo's training settings, and measures its attack success rate (ASR) and clean
+accuracy (C-Acc). A clean-trained model per seed gives the C-Acc to compare with. It
+prints one table per attack and appends every run to a JSON-lines file.
+
+An attack is *planted* when ASR >= 0.90 at every seed and C-Acc is within 0.02 of the
+clean model's.
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/plant_attacks.py                 # every attack, seeds 0-2
+    python benchmarks/plant_attacks.py --attacks wanet --option wanet.k=8 --option wanet.strength=1.0
+    python benchmarks/plant_attacks.py --attacks sig --rate sig=1.0 --tag "all target rows"
+    python benchmarks/plant_attacks.py --summarize benchmarks/plant_attacks_results.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TARGET = 0
+DEFAULT_OUT = Path(__file__).resolve().parent / "plant_attacks_results.jsonl"
+
+
+def parse_overrides(items: list[str], what: str) -> dict[str, dict]:
+    """``attack.key=value`` items as ``{attack: {key: value}}`` (values parsed as JSON when they can be)."""
+    parsed: dict[str, dict] = defaultdict(dict)
+    for item in items:
+        name, _, assignment = item.partition(".")
+        key, sep, value = assignment.partition("=")
+        if not sep or not name or not key:
+            raise SystemExit(f"{what} {item!r}: expected attack.key=value")
+        try:
+            parsed[name][key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[name][key] = value
+    return parsed
+
+
+def training_args(output_dir: str, seed: int, epochs: float):
+    """The demo teacher's training arguments (``DemoSettings`` defaults; AdamW, cosine schedule, no augmentation)."""
+    from transformers import TrainingArguments
+
+    from hf_backdoor_guard.demo import DemoSettings
+
+    settings = DemoSettings()
+    return TrainingArguments(
+        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate, weight_decay=1e-4, lr_scheduler_type="cosine", warmup_steps=0.05,
+        seed=seed, data_seed=seed, save_strategy="no", report_to="none", logging_strategy="epoch", use_cpu=True,
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
+    )
+
+
+def train_teacher(train, test, seed: int, epochs: float, attack=None):
+    """Train the demo teacher on ``train``; its C-Acc on ``test`` and, with an attack, its ASR."""
+    from hf_backdoor_guard.demo import build_classifier
+    from hf_backdoor_guard.evaluation import evaluate_backdoor, predict_logits
+    from hf_backdoor_guard.training import train_classifier
+
+    model, processor = build_classifier(10, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="hbg-plant-") as scratch:
+        train_classifier(model, train, training_args(scratch, seed, epochs), image_processor=processor,
+                         augment=False)
+    if attack is None:
+        logits = predict_logits(model, test, processor, batch_size=128, progress=False)
+        return {"clean_accuracy": float((logits.argmax(1) == np.asarray(test["label"])).mean())}
+    result = evaluate_backdoor(model, test, attack, TARGET, image_processor=processor, batch_size=128,
+                               progress=False)
+    return {key: float(value) for key, value in result.items()}
+
+
+def clean_accuracy(seed: int, epochs: float, data, records: list[dict], out: Path) -> float:
+    """The clean model's C-Acc at ``seed`` (from earlier records when there is one)."""
+    for record in records:
+        if record["attack"] == "clean" and record["seed"] == seed and record["epochs"] == epochs:
+            return record["clean_accuracy"]
+    started = time.time()
+    result = train_teacher(data["train"], data["test"], seed, epochs)
+    record = {"attack": "clean", "seed": seed, "epochs": epochs, **result, "seconds": round(time.time() - started, 1)}
+    append(out, record)
+    records.append(record)
+    return result["clean_accuracy"]
+
+
+def append(out: Path, record: dict) -> None:
+    with out.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read(out: Path) -> list[dict]:
+    if not out.exists():
+        return []
+    return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+
+
+def run_one(name: str, seed: int, args, data, options: dict, poison: dict, rate: float | None,
+            surrogate_epochs: float | None, surrogate_epsilon: float | None = None) -> dict:
+    from hf_backdoor_guard.attacks import attack_from_name
+    from hf_backdoor_guard.embedded.attacks import EMBEDDED_ATTACKS, embedded_attack, train_surrogate
+    from hf_backdoor_guard.poisoning import poison_dataset
+
+    started = time.time()
+    attack, poison_kwargs = embedded_attack(name, seed=seed, clean_data=data["pretrain"])
+    if options or surrogate_epochs is not None:  # rebuild with the overrides on top of the embedded setting
+        setting = EMBEDDED_ATTACKS.get(name)
+        merged = {**(setting.options if setting else {}), **options}
+        if surrogate_epochs is not None:  # a surrogate trained on the clean pretraining split only
+            merged["surrogate"], merged["processor"] = train_surrogate(data["pretrain"], seed, surrogate_epochs,
+                                                                       surrogate_epsilon)
+        elif getattr(attack, "surrogate", None) is not None:
+            merged.update(surrogate=attack.surrogate, processor=attack.processor)
+        attack = attack_from_name(name, **merged)
+    poison_kwargs = {**poison_kwargs, **poison}
+    if rate is not None:
+        poison_kwargs["rate"] = rate
+    poisoned = poison_dataset(data["train"], attack, target_label=TARGET, seed=seed, **poison_kwargs)
+    poison_seconds = time.time() - started
+    result = train_teacher(poisoned, data["test"], seed, args.epochs, attack)
+    return {
+        "attack": name, "seed": seed, "epochs": args.epochs, "tag": args.tag,
+        "config": json.loads(json.dumps(attack.config(), default=str)),
+        "poison": {k: v for k, v in poison_kwargs.items()}, "surrogate_epochs": surrogate_epochs,
+        "surrogate_epsilon": surrogate_epsilon,
+        "poisoned_rows": int(sum(poisoned["poisoned"])), "cover_rows": int(sum(poisoned["cover"])),
+        **result, "poison_seconds": round(poison_seconds, 1), "seconds": round(time.time() - started, 1),
+    }
+
+
+def table(records: list[dict], clean: dict[int, float]) -> str:
+    """Markdown tables, one per (attack, setting), in the order first seen."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for record in records:
+        if record["attack"] != "clean":
+            key = (record["attack"], json.dumps(record["config"], sort_keys=True),
+                   json.dumps(record["poison"], sort_keys=True), record.get("tag", ""))
+            groups[key].append(record)
+    lines = []
+    for (attack, config, poison, tag), rows in groups.items():
+        rows = sorted({r["seed"]: r for r in rows}.values(), key=lambda r: r["seed"])  # newest run per seed
+        planted = all(r["attack_success_rate"] >= 0.90 and clean.get(r["seed"], 0) - r["clean_accuracy"] <= 0.02
+                      for r in rows)
+        lines += [f"### {attack} {tag}".rstrip(), f"options `{config}`, poisoning `{poison}`",
+                  f"planted at seeds {[r['seed'] for r in rows]}: {'yes' if planted else 'no'}", "",
+                  "| seed | ASR | C-Acc | clean C-Acc | C-Acc drop | poisoned | cover | seconds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            reference = clean.get(r["seed"], float("nan"))
+            lines.append(f"| {r['seed']} | {r['attack_success_rate']:.3f} | {r['clean_accuracy']:.3f} | "
+                         f"{reference:.3f} | {reference - r['clean_accuracy']:+.3f} | {r['poisoned_rows']} | "
+                         f"{r['cover_rows']} | {r['seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--attacks", nargs="+", help="Attack names (default: every registered attack).")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=float, default=12.0, help="Teacher epochs (the demo's: 12).")
+    parser.add_argument("--option", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                        help="Override an attack option of the embedded setting (repeatable).")
+    parser.add_argument("--poison", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                        help="Override a poison_dataset argument of the embedded setting (repeatable).")
+    parser.add_argument("--rate", action="append", default=[], metavar="ATTACK=RATE",
+                        help="Override the poison rate (see poison_dataset for what it means per attack).")
+    parser.add_argument("--surrogate", action="append", default=[], metavar="ATTACK=EPOCHS",
+                        help="Give the attack a surrogate: the demo classifier trained on the clean pretraining "
+                             "split for EPOCHS epochs.")
+    parser.add_argument("--surrogate-epsilon", action="append", default=[], metavar="ATTACK=EPSILON",
+                        help="Train that surrogate adversarially with this L-inf budget.")
+    parser.add_argument("--tag", default="", help="A label for this setting in the tables.")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON-lines file the runs are appended to.")
+    parser.add_argument("--summarize", type=Path, help="Only print the tables of an earlier results file.")
+    args = parser.parse_args(argv)
+
+    if args.summarize:
+        records = read(args.summarize)
+        clean = {r["seed"]: r["clean_accuracy"] for r in records if r["attack"] == "clean"}
+        print(table(records, clean))
+        return
+
+    import datasets
+    import torch
+
+    datasets.disable_progress_bars()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from hf_backdoor_guard.attacks import ATTACKS
+    from hf_backdoor_guard.data import load_digits_dataset
+
+    names = args.attacks or ATTACKS.names()
+    for name in names:
+        ATTACKS[name]  # unknown names fail before any work
+    options, poison = parse_overrides(args.option, "--option"), parse_overrides(args.poison, "--poison")
+    rates, surrogates, epsilons = {}, {}, {}
+    for items, parsed, flag in ((args.rate, rates, "--rate"), (args.surrogate, surrogates, "--surrogate"),
+                                (args.surrogate_epsilon, epsilons, "--surrogate-epsilon")):
+        for item in items:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"{flag} {item!r}: expected attack=number")
+            parsed[name] = float(value)
+
+    data = load_digits_dataset(seed=0)
+    records = read(args.out)
+    clean = {seed: clean_accuracy(seed, args.epochs, data, records, args.out) for seed in args.seeds}
+    for name in names:
+        runs = []
+        for seed in args.seeds:
+            record = run_one(name, seed, args, data, options.get(name, {}), poison.get(name, {}), rates.get(name),
+                             surrogates.get(name), epsilons.get(name))
+            append(args.out, record)
+            runs.append(record)
+            print(f"{name} seed {seed}: ASR {record['attack_success_rate']:.3f} C-Acc {record['clean_accuracy']:.3f} "
+                  f"(clean {clean[seed]:.3f}) {record['seconds']:.0f} s", flush=True)
+        print(table(runs, clean), flush=True)
+
+
+if __name__ == "__main__":
+    main()
