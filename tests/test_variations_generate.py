@@ -170,6 +170,34 @@ def test_two_processes_split_shards_and_match_one_process(ds, clean_run, tmp_pat
     assert rows(load_from_disk(out_dir)) == rows(clean_run[1])
 
 
+def _unshared_folder_worker(ds_dir, base, log_dir):
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    PartialState._reset_state()
+    rank = dist.get_rank()
+    try:  # each rank sees a folder of its own, as two machines would with node-local disks
+        hbg.generate_variations(load_from_disk(ds_dir), ddim_variation(), Path(base, f"rank{rank}"), batch_size=2,
+                                progress=False)
+        outcome = "no error"
+    except ValueError as error:
+        outcome = str(error)
+    Path(log_dir, f"rank{rank}.txt").write_text(outcome)
+
+
+def test_processes_that_do_not_share_the_folder_stop_together_with_a_clear_error(ds, tmp_path):
+    from accelerate import debug_launcher
+
+    ds_dir, log_dir = str(tmp_path / "input"), tmp_path / "logs"
+    ds.save_to_disk(ds_dir)
+    log_dir.mkdir()
+    debug_launcher(_unshared_folder_worker, args=(ds_dir, str(tmp_path), str(log_dir)), num_processes=2)
+    for rank in (0, 1):
+        outcome = (log_dir / f"rank{rank}.txt").read_text()
+        assert "is not on storage shared by all processes" in outcome and "part_index=i, num_parts=n" in outcome
+    assert not list(tmp_path.glob("rank*/data-*"))  # no work was done
+
+
 TORCHRUN_WORKER = """
 import logging
 import sys

@@ -160,7 +160,7 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
                         writer.begin(item[1])
                     elif kind == "end":
                         writer.end(item[1], item[2])
-                    elif kind == "pushed?":  # a finished shard of the stream
+                    elif kind == "finished":  # a shard of the stream finished by an earlier run
                         if pusher is not None and not hub_push.is_pushed(item[1], push_to_hub):
                             pusher.submit(item[1]["shard"])
                     else:  # "rows": the stream's length
@@ -173,7 +173,7 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
                 failed = pusher.close() if pusher is not None else {}
         processes.barrier()
         return assemble(output_dir, processes, settings, digest, num_rows, part_index, num_parts, failed,
-                         push_to_hub, hub_token)
+                        push_to_hub, hub_token)
 
 
 # ----------------------------------------------------------------------------- checks

@@ -75,7 +75,7 @@ def stream_items(ds, variation: ImageVariation, folder: Path, shard_size: int, b
     """The items of ``dataset_items`` for a stream, read once in order; finished shards are checked and skipped.
 
     The stream's length is only known at its end: the last item is ``("rows", number)``.
-    Finished shards give ``("pushed?", manifest)`` so the caller can push those not pushed yet.
+    Shards finished by an earlier run give ``("finished", manifest)`` (the caller pushes those not pushed yet).
     """
     features, num_variations = ds.features, variation.num_variations
     rows = _RowReader(ds.with_format("arrow").iter(batch_size=batch_size))
@@ -104,7 +104,7 @@ def stream_items(ds, variation: ImageVariation, folder: Path, shard_size: int, b
                 raise ValueError(f"The stream's rows differ from those {folder / shards.shard_name(index)} was made "
                                  "from (it has another length); refusing to mix them. Use a new output_dir.")
             _compare_input(folder, spec, input_digest.hexdigest())
-            yield "pushed?", manifest
+            yield "finished", manifest
             if at_end:
                 break
             index += 1
