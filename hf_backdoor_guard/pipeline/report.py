@@ -84,7 +84,7 @@ def _draw_figures(output_dir: Path, clean_train, train, variations, detection: d
     predicted = detection["variation_prediction"]
     truth = np.asarray(train["poisoned"], dtype=bool) if research else None
     captions = [f"row {int(r)}, score {suspicion[r]:.2f}\nlabel {label_names[train[int(r)]['label']]}\n"
-                f"variations: {label_names[predicted[r]]}" for r in order]
+                f"variations say: {label_names[predicted[r]]}" for r in order]
     figures.gallery(_images(train, order), captions, output_dir / "gallery.png",
                     title=f"The {len(order)} most suspicious training images ({summary['flagged']} of "
                           f"{summary['rows']} flagged)" + ("; red frame: truly poisoned" if research else ""),
