@@ -20,6 +20,7 @@ Three disjoint splits are drawn once with a fixed seed, stratified by class:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -250,10 +251,19 @@ def load_image_splits(
 
 
 def stratified_subset(ds: "Dataset", rows: int | None, seed: int, label_column: str = "label") -> "Dataset":
-    """A class-stratified subset of ``rows`` rows, in the original order (all rows when ``rows`` is None)."""
+    """A class-stratified subset of ``rows`` rows, in the original order (all rows when ``rows`` is None).
+
+    Classes too small to stratify (a class with one row, or more classes than ``rows``)
+    fall back to a plain random subset of the same seed, with a warning.
+    """
     if rows is None or rows >= len(ds):
         return ds
     from sklearn.model_selection import train_test_split
 
-    keep, _ = train_test_split(np.arange(len(ds)), train_size=rows, random_state=seed, stratify=ds[label_column])
+    try:
+        keep, _ = train_test_split(np.arange(len(ds)), train_size=rows, random_state=seed, stratify=ds[label_column])
+    except ValueError as error:  # sklearn cannot stratify these class counts
+        logging.getLogger(__name__).warning("A subset of %d rows cannot keep the class shares (%s); taking a random "
+                                            "one.", rows, error)
+        keep = np.random.default_rng(seed).choice(len(ds), size=rows, replace=False)
     return ds.select(np.sort(keep))

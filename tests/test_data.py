@@ -157,3 +157,15 @@ def test_stratified_subset_keeps_order_and_class_shares(digits):
     subset = stratified_subset(digits["train"], 100, seed=0)
     assert len(subset) == 100 and np.bincount(subset["label"], minlength=10).min() >= 9
     assert stratified_subset(digits["train"], None, seed=0) is digits["train"]
+
+
+def test_a_subset_that_cannot_be_stratified_is_a_random_one(digits, caplog):
+    from hf_backdoor_guard.data import stratified_subset
+
+    labels = np.asarray(digits["train"]["label"])
+    rows = [*np.flatnonzero(labels == 0)[:25], *np.flatnonzero(labels == 2)[:25], *np.flatnonzero(labels == 1)[:1]]
+    lonely = digits["train"].select(sorted(rows))
+    assert np.bincount(lonely["label"])[1] == 1  # a class with a single row: sklearn cannot stratify
+    subset = stratified_subset(lonely, 30, seed=0)
+    assert len(subset) == 30 and "cannot keep the class shares" in caplog.text
+    assert stratified_subset(lonely, 30, seed=0)["label"] == subset["label"]  # still seeded
