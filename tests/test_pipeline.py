@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -194,3 +195,39 @@ def test_two_processes_killed_mid_generation_resume_from_the_last_stage_and_shar
     assert {"model", "cleaned", "detection.json", "report.md"} <= {path.name for path in out.iterdir()}
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["models"]["student"]) >= {"clean_accuracy", "attack_success_rate", "robust_accuracy"}
+
+
+# --- the stage functions one by one, as a recipe script calls them ---------------------------
+def test_stage_functions_called_one_by_one_like_a_recipe(tmp_path):
+    from hf_backdoor_guard.data import load_digits_dataset
+    from hf_backdoor_guard.pipeline import stages
+    from hf_backdoor_guard.variations import ImageVariation
+
+    digits = load_digits_dataset()
+    run = RunFolder(tmp_path / "run")
+    data = stages.data_stage(run, digits["train"].select(range(40)), digits["test"].select(range(20)),
+                             settings={"dataset": "digits[:40]"})
+    names = digits["train"].features["label"].names
+    teacher_args = stages.training_arguments(run.path, seed=0, epochs=1)
+    teacher, processor = stages.teacher_stage(run, data["train"], settings={"epochs": 1}, model="small-resnet",
+                                              label_names=names, training_args=teacher_args, augment=True)
+    variations = stages.variations_stage(
+        run, data["train"], settings={"steps": 4}, batch_size=8,
+        variation=lambda: ImageVariation.embedded(num_inference_steps=4, num_variations=2, seed=0))
+    assert len(variations) == 80 and sorted(set(variations["source_index"])) == list(range(40))
+    detection = stages.detection_stage(run, teacher, processor, data["train"], variations, settings={})
+    assert len(detection["suspicion"]) == 40 and detection["variation_logits"].shape == (80, 10)
+    cached = stages.distillation_dataset(variations, detection)
+    sources = np.asarray(cached["source_index"])
+    means = np.asarray(cached["teacher_logits"])
+    assert np.allclose(means[sources == 3], detection["variation_logits"][sources == 3].mean(axis=0), atol=1e-5)
+    # an online teacher with augmentation (what the paper's recipes do), on the kept rows only
+    online_args = stages.training_arguments(run.path, seed=0, epochs=1, distill=True, augment=True, alpha=0.5)
+    student, _ = stages.student_stage(run, "student_online", variations, detection, settings={"online": True},
+                                      model="small-resnet", label_names=names, training_args=online_args,
+                                      teacher=teacher, keep_flagged=False)
+    kept = 40 - len(detection["flagged"])
+    assert run.record("student_online")["details"]["steps"] == -(-2 * kept // 32)  # one epoch over kept rows
+    scores = stages.evaluation_stage(run, {"student": (student, processor)}, data["eval"], settings={})
+    assert set(scores["student"]) == {"clean_accuracy"}
+    assert set(run.timings()) == {"data", "teacher", "variations", "detection", "student_online", "evaluation"}

@@ -132,12 +132,14 @@ def _drop_checkpoints(run: RunFolder, output_dir: Path) -> None:
 
 
 def teacher_stage(run: RunFolder, train, *, settings: dict, model: str, label_names: Sequence[str],
-                  training_args, seed: int = 0, augment: bool = False, **classifier_options):
+                  training_args, seed: int = 0, augment: bool = False, eval_dataset=None,
+                  callbacks: list | None = None, **classifier_options):
     """``(teacher, image_processor)``: ``model`` trained on ``train`` (the possibly poisoned data).
 
     ``model`` and ``classifier_options`` go to :func:`build_classifier`; ``training_args``
     are ``TrainingArguments`` (their ``output_dir`` is replaced by the run's checkpoint folder,
-    from which a killed stage resumes). Saved to ``teacher/`` with its processor.
+    from which a killed stage resumes). ``augment``, ``eval_dataset`` and ``callbacks`` go to
+    :func:`~hf_backdoor_guard.train_classifier`. Saved to ``teacher/`` with its processor.
     """
     from ..training import train_classifier
 
@@ -146,7 +148,8 @@ def teacher_stage(run: RunFolder, train, *, settings: dict, model: str, label_na
     def make():
         classifier, processor = build_classifier(model, label_names=label_names, seed=seed, **classifier_options)
         trainer = train_classifier(classifier, train, _with_output_dir(training_args, checkpoints), processor,
-                                   augment=augment, resume_from_checkpoint=_resume_point(checkpoints))
+                                   eval_dataset=eval_dataset, augment=augment, callbacks=callbacks,
+                                   resume_from_checkpoint=_resume_point(checkpoints))
         _save_classifier(run, "teacher", trainer.model, processor)
         _drop_checkpoints(run, checkpoints)
         return _trained(trainer)
@@ -253,32 +256,46 @@ def distillation_dataset(variations, detection: dict, *, teacher_logits: str = "
         raise ValueError(f"teacher_logits must be 'mean' or 'own', got {teacher_logits!r}.")
     feature = List(Value("float32"), length=logits.shape[1])
     cached = variations.add_column(TEACHER_LOGITS, list(logits), feature=feature)
-    if keep_flagged:
-        return cached
+    return cached if keep_flagged else kept_variations(cached, detection)
+
+
+def kept_variations(variations, detection: dict):
+    """The rows of ``variations`` whose source row detection did not flag."""
     flagged = np.zeros(len(detection["suspicion"]), dtype=bool)
     flagged[np.asarray(detection["flagged"], dtype=np.int64)] = True
-    return cached.select(np.flatnonzero(~flagged[sources]))
+    return variations.select(np.flatnonzero(~flagged[np.asarray(variations["source_index"])]))
 
 
-def student_stage(run: RunFolder, name: str, variations, detection: dict, *, settings: dict, model: str,
+def student_stage(run: RunFolder, name: str, variations, detection: dict | None, *, settings: dict, model: str,
                   label_names: Sequence[str], training_args, seed: int = 0, teacher_logits: str = "mean",
-                  keep_flagged: bool = True, **classifier_options):
-    """``(student, image_processor)`` distilled from the teacher's cached logits on the variations.
+                  keep_flagged: bool = True, teacher=None, teacher_processor=None, eval_dataset=None,
+                  callbacks: list | None = None, **classifier_options):
+    """``(student, image_processor)`` distilled from the teacher on the variations.
 
-    ``training_args`` are ``DistillationTrainingArguments`` (``augment=False``: the logits
-    are cached). With ``keep_flagged=False`` only the variations of rows detection kept are
-    used (the cleaned student). Saved to ``name/``.
+    By default from the teacher's logits cached by :func:`detection_stage` (``training_args``
+    are ``DistillationTrainingArguments`` with ``augment=False``); with ``teacher`` (and its
+    ``teacher_processor`` if it differs) the teacher runs online instead, which random
+    augmentation needs. With ``keep_flagged=False`` only the variations of rows detection
+    kept are used (the cleaned student). ``eval_dataset`` and ``callbacks`` go to the
+    trainer (e.g. a ``BackdoorMetricsCallback``). Saved to ``name/``.
     """
     from ..distillation import DistillationTrainer
 
     checkpoints = run.path / f"{name}-checkpoints"
+    if detection is None and (teacher is None or not keep_flagged):
+        raise ValueError(f"{name}: cached teacher logits and keep_flagged=False need detection_stage's result.")
 
     def make():
-        train = distillation_dataset(variations, detection, teacher_logits=teacher_logits, keep_flagged=keep_flagged)
+        if teacher is None:
+            train = distillation_dataset(variations, detection, teacher_logits=teacher_logits,
+                                         keep_flagged=keep_flagged)
+        else:
+            train = variations if keep_flagged else kept_variations(variations, detection)
         classifier, processor = build_classifier(model, label_names=label_names, seed=seed, **classifier_options)
-        trainer = DistillationTrainer(model=classifier, teacher_model=None,
+        trainer = DistillationTrainer(model=classifier, teacher_model=teacher,
                                       args=_with_output_dir(training_args, checkpoints), train_dataset=train,
-                                      processing_class=processor)
+                                      eval_dataset=eval_dataset, processing_class=processor,
+                                      teacher_processing_class=teacher_processor, callbacks=callbacks)
         trainer.train(resume_from_checkpoint=_resume_point(checkpoints))
         _save_classifier(run, name, trainer.model, processor)
         _drop_checkpoints(run, checkpoints)
@@ -344,4 +361,4 @@ def evaluation_stage(run: RunFolder, models: dict, eval_ds, *, settings: dict, a
 
 
 __all__ = ["training_arguments", "data_stage", "teacher_stage", "variations_stage", "detection_stage",
-           "distillation_dataset", "student_stage", "baseline_stage", "evaluation_stage"]
+           "distillation_dataset", "kept_variations", "student_stage", "baseline_stage", "evaluation_stage"]
