@@ -77,31 +77,38 @@ def gallery(images: Sequence[Image.Image], captions: Sequence[str], path: str | 
 
 
 def metrics_chart(results: dict[str, dict[str, dict[str, float]]], path: str | os.PathLike,
-                  title: str | None = None) -> None:
-    """Grouped bars: for each group (an attack, or one run) and model, every metric it has, on a 0..1 axis."""
-    groups = [(group, model) for group, models in results.items() for model in models]
+                  title: str | None = None, columns: int = 4) -> None:
+    """Grouped bars of every metric per model on a 0..1 axis; one panel per group (an attack, or one run)."""
     metrics = [key for key in METRIC_LABELS if any(key in values for g in results.values() for values in g.values())]
+    panels = len(results)
+    columns = min(columns, panels)
+    rows = math.ceil(panels / columns)
+    widest = max(len(models) for models in results.values())
+    figure = _figure(max(4.5, (0.9 * widest + 1.0) * columns), 3.0 * rows + 0.6)
+    axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False, sharey=True))
     width = 0.8 / max(len(metrics), 1)
-    figure = _figure(max(4.5, 0.9 * len(groups) + 1.5), 3.6)
-    axis = figure.subplots()
-    positions = np.arange(len(groups))
-    for k, key in enumerate(metrics):
-        values = [results[group][model].get(key, np.nan) for group, model in groups]
-        bars = axis.bar(positions + (k - (len(metrics) - 1) / 2) * width, values, width,
-                        label=METRIC_LABELS[key], color=METRIC_COLOURS[key])
-        axis.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
-    single = len(results) == 1
-    axis.set_xticks(positions, [model if single else f"{group}\n{model}" for group, model in groups],
-                    fontsize=8, rotation=0 if single else 45, ha="center" if single else "right")
-    axis.set_ylim(0, 1.1)
-    axis.set_yticks(np.linspace(0, 1, 6))
-    axis.set_ylabel("share of test images")
-    axis.set_xlabel("model" if single else "attack / model")
-    axis.grid(axis="y", alpha=0.3)
-    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22 if single else -0.45), ncol=len(metrics),
-                fontsize=8, frameon=False)
+    for axis, (group, models) in zip(axes.flat, results.items()):
+        positions = np.arange(len(models))
+        for k, key in enumerate(metrics):
+            values = [models[model].get(key, np.nan) for model in models]
+            bars = axis.bar(positions + (k - (len(metrics) - 1) / 2) * width, values, width,
+                            label=METRIC_LABELS[key], color=METRIC_COLOURS[key])
+            axis.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+        axis.set_xticks(positions, list(models), fontsize=7, rotation=20, ha="right")
+        axis.set_ylim(0, 1.1)
+        axis.set_yticks(np.linspace(0, 1, 6))
+        axis.grid(axis="y", alpha=0.3)
+        axis.set_xlabel("model", fontsize=8)
+        if panels > 1:
+            axis.set_title(group, fontsize=9)
+    for axis in axes[:, 0]:
+        axis.set_ylabel("share of test images")
+    for axis in list(axes.flat)[panels:]:
+        axis.set_axis_off()
+    figure.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(metrics),
+                  fontsize=8, frameon=False)
     if title:
-        axis.set_title(title, fontsize=10)
+        figure.suptitle(title, fontsize=10)
     figure.savefig(path)
 
 
