@@ -92,7 +92,10 @@ def _draw_figures(output_dir: Path, clean_train, train, variations, detection: d
     figures.suspicion_histogram(suspicion, output_dir / "suspicion.png", threshold=summary["threshold"],
                                 poisoned=truth, score_name=summary["score"])
     figures.metrics_chart({title: models}, output_dir / "metrics.png", title=title)
-    rows = np.flatnonzero(truth)[:8] if research and truth.any() else np.arange(min(8, len(train)))
+    if research and truth.any():
+        rows = np.flatnonzero(truth)[:8]
+    else:  # spread over the split: datasets sorted by class (imagefolder) would show one class only
+        rows = np.unique(np.linspace(0, len(train) - 1, min(8, len(train))).astype(int))
     sources = np.asarray(variations["source_index"])
     per_row = [np.flatnonzero(sources == r) for r in rows]
     lines = [("clean", _images(clean_train, rows)), ("poisoned", _images(train, rows))] if research \
