@@ -13,7 +13,7 @@ clean model's.
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/plant_attacks.py                 # every attack, seeds 0-2
     python benchmarks/plant_attacks.py --attacks wanet --option wanet.k=8 --option wanet.strength=1.0
     python benchmarks/plant_attacks.py --attacks sig --rate sig=1.0 --tag "all target rows"
-    python benchmarks/plant_attacks.py --summarize benchmarks/plant_attacks_results.jsonl
+    python benchmarks/plant_attacks.py --summarize benchmarks/plant_attacks_results.jsonl [--compact]
 """
 
 from __future__ import annotations
@@ -166,6 +166,25 @@ def table(records: list[dict], clean: dict[int, float]) -> str:
     return "\n".join(lines)
 
 
+def compact_table(records: list[dict], clean: dict[int, float]) -> str:
+    """One markdown row per (attack, setting): ASR and C-Acc drop at each seed, planted or not."""
+    groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for record in records:
+        if record["attack"] != "clean":
+            key = (record["attack"], record.get("tag", ""), json.dumps(record["config"], sort_keys=True),
+                   json.dumps(record["poison"], sort_keys=True))
+            groups[key][record["seed"]] = record  # newest run per seed
+    lines = ["| attack | setting | rate | ASR per seed | C-Acc drop per seed | planted |", "|---|---|---|---|---|---|"]
+    for (attack, tag, _, poison), runs in groups.items():
+        seeds = sorted(runs)
+        asr = " / ".join(f"{runs[s]['attack_success_rate']:.3f}" for s in seeds)
+        drops = [clean.get(s, float("nan")) - runs[s]["clean_accuracy"] for s in seeds]
+        planted = all(runs[s]["attack_success_rate"] >= 0.90 for s in seeds) and max(drops) <= 0.02
+        lines.append(f"| {attack} | {tag or 'defaults'} | {json.loads(poison).get('rate')} | {asr} | "
+                     f"{' / '.join(f'{d:+.3f}' for d in drops)} | {'yes' if planted else 'no'} (seeds {seeds}) |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attacks", nargs="+", help="Attack names (default: every registered attack).")
@@ -185,12 +204,13 @@ def main(argv=None) -> None:
     parser.add_argument("--tag", default="", help="A label for this setting in the tables.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON-lines file the runs are appended to.")
     parser.add_argument("--summarize", type=Path, help="Only print the tables of an earlier results file.")
+    parser.add_argument("--compact", action="store_true", help="With --summarize: one row per setting.")
     args = parser.parse_args(argv)
 
     if args.summarize:
         records = read(args.summarize)
         clean = {r["seed"]: r["clean_accuracy"] for r in records if r["attack"] == "clean"}
-        print(table(records, clean))
+        print(compact_table(records, clean) if args.compact else table(records, clean))
         return
 
     import datasets
