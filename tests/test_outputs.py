@@ -55,9 +55,11 @@ def test_a_marker_being_written_is_not_a_users_file(tmp_path):
     claim_output_dir(tmp_path, "variations")
 
 
-def test_atomic_json_leaves_no_temporary_file(tmp_path):
+def test_atomic_json_leaves_no_temporary_file_and_a_normal_mode(tmp_path):
     write_json_atomic(tmp_path / "a.json", {"x": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    (tmp_path / "plain.json").write_text("{}")
+    assert (tmp_path / "a.json").stat().st_mode == (tmp_path / "plain.json").stat().st_mode
 
 
 _HOLD = """
