@@ -31,6 +31,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true",
                       help="Start over in an earlier demo's folder with other settings (removes only its outputs).")
 
+    compare = commands.add_parser(
+        "compare",
+        help="Measure the method beside every peer defense (ABL, fine-pruning, NAD, ...) on the embedded benchmark.",
+        description="On the demo's data and settings, poison the digits with the attack's embedded setting, run "
+        "the method (the undefended teacher 'none', 'student', 'student_cleaned') and every registered peer defense "
+        "on the same poisoned data, and write leaderboard.json, leaderboard.md and a C-Acc vs. ASR figure "
+        "(DER against 'none') to --output-dir. Every run is cached there, so a rerun resumes.",
+    )
+    compare.add_argument("--attack", default="badnets", choices=[*ATTACKS.names(), "all"],
+                         help="A registered attack, or 'all' to run every one.")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--output-dir", default="backdoor-guard-compare", help="Where the leaderboard is written.")
+    compare.add_argument("--defenses", nargs="+", metavar="NAME", default=None,
+                         help="Peer defenses to run (names or a comma-separated list; default: every registered "
+                         "one and the *_tuned rows). 'none', 'student' and 'student_cleaned' always run. "
+                         "--list-defenses prints the names and what each assumes.")
+    compare.add_argument("--list-defenses", action="store_true", help="Print every defense row and exit.")
+    compare.add_argument("--overwrite", action="store_true",
+                         help="Start over in an earlier compare's folder (removes only its outputs).")
+
     defend = commands.add_parser(
         "defend",
         help="Run the whole method on your dataset: a robust model, a cleaned dataset and the suspicious rows.",
@@ -170,12 +190,32 @@ def _run_publish(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return _dispatch(args)
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Under torchrun / accelerate launch, leave the process group cleanly: gloo aborts at exit now and then
+    ("terminate called without an active exception") when the group is still alive."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import run_demo_cli
 
         return run_demo_cli(args)
     if args.command == "defend":
         return _run_defend(args)
+    if args.command == "compare":
+        from .pipeline.compare import compare_cli
+
+        return compare_cli(args)
     if args.command == "publish":
         return _run_publish(args)
     return 2

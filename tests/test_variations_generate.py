@@ -209,6 +209,7 @@ import hf_backdoor_guard as hbg
 ds_dir, pipeline_dir, out_dir = sys.argv[1:4]
 variation = hbg.ImageVariation.from_pretrained(pipeline_dir, **{options})
 hbg.generate_variations(load_from_disk(ds_dir), variation, out_dir, batch_size=2, shard_size=4, progress=False)
+torch.distributed.destroy_process_group()  # as a launched script should: gloo aborts at exit now and then without it
 """
 
 
