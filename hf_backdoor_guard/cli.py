@@ -199,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 def _end_process_group() -> None:
     """Under torchrun / accelerate launch, leave the process group cleanly: gloo aborts at exit now and then
     ("terminate called without an active exception") when the group is still alive."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # never imported: no group to end, and no torch to load
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
