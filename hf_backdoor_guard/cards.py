@@ -88,9 +88,20 @@ class CardInfo:
         return cls(**known, details={**given, **details})
 
 
+#: the attack key of results measured without any attack (a model trained on a user's own data)
+NO_ATTACK = "none"
+
+
 def check_metrics(metrics: Any, name: str = "metrics") -> dict[str, dict[str, float]]:
-    """Validate the ``{attack: {metric: fraction}}`` shape against the registered backdoor metrics."""
-    keys = tuple(metric.name for metric in backdoor_metrics())
+    """Validate the ``{attack: {metric: fraction}}`` shape against the registered backdoor metrics.
+
+    Metrics that need no trigger (clean accuracy) are required in every row; those that
+    need one (ASR, R-Acc) come all together, or not at all when no attack was measured
+    (the row of attack ``"none"``).
+    """
+    registered = backdoor_metrics()
+    keys = tuple(metric.name for metric in registered)
+    triggered = tuple(metric.name for metric in registered if metric.needs_trigger)
     if not isinstance(metrics, Mapping) or not metrics:
         example = ", ".join(f"'{key}': 0.9" for key in keys)
         raise ValueError(f"{name} must be a non-empty dict keyed by attack name, e.g. {{'badnets': {{{example}}}}}; "
@@ -101,10 +112,15 @@ def check_metrics(metrics: Any, name: str = "metrics") -> dict[str, dict[str, fl
             raise ValueError(f"{name}: attack names must be non-empty strings, got {attack!r}.")
         if not isinstance(values, Mapping):
             raise ValueError(f"{name}['{attack}'] must be a dict of the metrics {keys}, got {values!r}.")
-        missing = [key for key in keys if key not in values]
+        required = keys if attack != NO_ATTACK or any(key in values for key in triggered) else tuple(
+            key for key in keys if key not in triggered)
+        missing = [key for key in required if key not in values]
         if missing:
-            raise ValueError(f"{name}['{attack}'] lacks {missing}; it needs all of {keys}.")
-        clean[attack] = {key: check_fraction(f"{name}['{attack}']['{key}']", values[key]) for key in keys}
+            raise ValueError(f"{name}['{attack}'] lacks {missing}; it needs all of {required}"
+                             + (f" (only attack '{NO_ATTACK}', measured without triggers, may leave out {triggered})"
+                                if attack != NO_ATTACK else "") + ".")
+        clean[attack] = {key: check_fraction(f"{name}['{attack}']['{key}']", values[key])
+                         for key in keys if key in values}
     return clean
 
 
@@ -156,7 +172,8 @@ def _fmt(value: Any) -> str:
 
 def _rows(metrics: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
     keys = [metric.name for metric in backdoor_metrics()]
-    return [{"attack": _fmt(attack), "values": [f"{100 * values[key]:.2f}%" for key in keys]}
+    return [{"attack": "none (clean data only)" if attack == NO_ATTACK else _fmt(attack),
+             "values": [f"{100 * values[key]:.2f}%" if key in values else "not measured" for key in keys]}
             for attack, values in metrics.items()]
 
 
@@ -200,7 +217,7 @@ def build_model_card(
             task_type="image-classification",
             task_name="Image Classification",
             dataset_type=dataset_type,
-            dataset_name=f"{base_dataset} ({attack} backdoor)",
+            dataset_name=base_dataset if attack == NO_ATTACK else f"{base_dataset} ({attack} backdoor)",
             dataset_config=attack,
             dataset_split=split,
             metric_type=metric.name,
@@ -210,6 +227,7 @@ def build_model_card(
         )
         for attack, values in metrics.items()
         for metric in backdoor_metrics()
+        if metric.name in values
     ]
     tags = ["image-classification", "backdoor-defense", "hf-backdoor-guard", "knowledge-distillation"]
     tags += [t for t in info.tags or [] if t not in tags]

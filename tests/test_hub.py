@@ -387,12 +387,24 @@ def test_restaging_our_own_folder_replaces_stale_files(tmp_path):
         ({"wanet": {**METRICS_V2["badnets"], "robust_accuracy": 87.0}}, r"metrics\['wanet'\]\['robust_accuracy'\] must lie in \[0, 1\]"),
         ({"sig": {**METRICS_V2["badnets"], "clean_accuracy": float("nan")}}, r"\['sig'\]\['clean_accuracy'\]"),
         ({"sig": 0.9}, r"metrics\['sig'\] must be a dict"),
+        ({"badnets": {"clean_accuracy": 0.9}}, r"lacks \['attack_success_rate', 'robust_accuracy'\].*only attack 'none'"),
+        ({"none": {"attack_success_rate": 0.1}}, r"metrics\['none'\] lacks \['clean_accuracy', 'robust_accuracy'\]"),
     ],
 )
 def test_bad_metrics_fail_before_anything_is_staged(tmp_path, metrics, match):
     with pytest.raises(ValueError, match=match):
         hub.publish_model(tiny_model(), "hbg/x", metrics, output_dir=tmp_path / "out", push=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_measured_without_an_attack_states_clean_accuracy_only(tmp_path):
+    # defend on a user's own data: no trigger is known, so the card states C-Acc and says so
+    out = hub.publish_model(tiny_model(), "hbg/mine", {"none": {"clean_accuracy": 0.93}}, tiny_processor(),
+                            output_dir=tmp_path / "out", push=False, base_dataset="my photos")
+    card = ModelCard.load(out / "README.md")
+    assert "| none (clean data only) | 93.00% | not measured | not measured |" in card.text
+    assert [r.metric_type for r in card.data.eval_results] == ["clean_accuracy"]
+    assert hub.load_robust_model(str(out)).metrics == {"none": {"clean_accuracy": 0.93}}
 
 
 def test_bad_repo_id_and_card_info_are_rejected(tmp_path):

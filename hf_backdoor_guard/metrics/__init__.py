@@ -61,6 +61,8 @@ class Metric:
         from_predictions: for backdoor metrics, how to compute it from :class:`BackdoorPredictions`;
             by default ``function`` itself takes them.
         module: file name of the shipped ``evaluate`` wrapper in this folder, if any.
+        needs_trigger: whether the metric needs triggered test images (an attack); a model
+            trained on a user's data with no attack known is stated by the others alone.
     """
 
     name: str
@@ -72,6 +74,7 @@ class Metric:
     higher_is_better: bool = True
     from_predictions: Callable[[BackdoorPredictions], float] | None = None
     module: str | None = None
+    needs_trigger: bool = True
 
     def __post_init__(self):
         for field in ("name", "display_name", "label"):
@@ -217,7 +220,7 @@ METRICS.register(Metric(
     "clean_accuracy", clean_accuracy, "Clean accuracy (C-Acc)", "C-Acc", BACKDOOR,
     description="clean accuracy, the share of clean test images classified correctly.",
     from_predictions=lambda p: clean_accuracy(p.clean_predictions, p.labels, p.num_labels),
-    module="clean_accuracy.py",
+    module="clean_accuracy.py", needs_trigger=False,
 ))
 METRICS.register(Metric(
     "attack_success_rate", attack_success_rate, "Attack success rate (ASR)", "ASR", BACKDOOR,

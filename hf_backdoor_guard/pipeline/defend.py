@@ -36,9 +36,9 @@ logger = logging.getLogger(__name__)
 OWNER = "defend"
 STAGES_DIR = "stages"
 # What a run writes into --output-dir (recorded in its marker before writing, so that only these are ever
-# replaced or removed); the two dot-names are the folders model/ and cleaned/ are written in before a rename.
+# replaced or removed); .cleaned.tmp is where cleaned/ is written before a rename (model/ is staged by publish_model).
 OUTPUT_NAMES = (STAGES_DIR, "model", "cleaned", "detection.json", "metrics.json", "report.md", "gallery.png",
-                "suspicion.png", "metrics.png", "samples.png", ".model.tmp", ".cleaned.tmp")
+                "suspicion.png", "metrics.png", "samples.png", ".cleaned.tmp")
 
 
 @dataclass

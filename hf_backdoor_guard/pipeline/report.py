@@ -117,61 +117,26 @@ def _card_details(config, result: dict) -> dict[str, Any]:
 
 
 def _write_model(output_dir: Path, config, student, result: dict, push: bool):
-    """``model/``: staged by ``hub.publish_model`` (research: the card states C-Acc, ASR and R-Acc).
+    """``model/``: the student staged by ``hub.publish_model`` with its card.
 
-    Without an attack only clean accuracy was measured, which the Hub cards of
-    ``hub.publish_model`` cannot state yet (they need every backdoor metric); the card is
-    then written here with clean accuracy alone, and ``load_robust_model`` still reads it.
+    With an attack (research) the card states C-Acc, ASR and R-Acc against it; without
+    one, only clean accuracy was measured, and the card says so (attack ``"none"``).
     """
+    from ..cards import NO_ATTACK
+    from ..hub import publish_model
+
     model, processor = student
     repo_id = config.push_to_hub or f"{output_dir.resolve().name}-robust"
+    models = result["models"]
     if config.research:
-        from ..hub import publish_model
-
-        models = result["models"]
-        return publish_model(model, repo_id, {config.attack: models["student"]}, processor,
-                             output_dir=output_dir / "model", push=push,
-                             teacher_metrics={config.attack: models["teacher"]},
-                             target_label=config.target_label, poison_rate=config.poison_rate,
-                             **_card_details(config, result))
-    folder = output_dir / "model"
-    tmp = output_dir / ".model.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    _clean_only_card(repo_id, result).save(tmp / "README.md")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    if push:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(repo_id, repo_type="model", exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                          commit_message="Upload robust model trained with hf-backdoor-guard defend")
-    return folder
-
-
-def _clean_only_card(repo_id: str, result: dict):
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    value = result["models"]["student"]["clean_accuracy"]
-    data = ModelCardData(
-        model_name=repo_id.split("/")[-1], library_name="transformers", pipeline_tag="image-classification",
-        license="apache-2.0", tags=["image-classification", "backdoor-defense", "hf-backdoor-guard"],
-        eval_results=[EvalResult(task_type="image-classification", dataset_type="custom", dataset_name=result["data"],
-                                 dataset_config="clean", dataset_split=result["eval_split"],
-                                 metric_type="clean_accuracy", metric_name="Clean accuracy (C-Acc)",
-                                 metric_config="clean", metric_value=round(float(value), 6))],
-    )
-    text = (f"---\n{data.to_yaml()}\n---\n\n# {data.model_name}\n\nA robust image classifier trained with "
-            "hf-backdoor-guard `defend` (Struppek et al., 2023): a teacher on the possibly poisoned data, diffusion "
-            "variations of every training image, and this student distilled from the teacher on the variations. "
-            f"Clean accuracy on the `{result['eval_split']}` split of {result['data']}: {value:.4f}. No attack "
-            "was measured, so the card states no attack success rate.\n")
-    return ModelCard(text)
+        metrics, teacher = {config.attack: models["student"]}, {config.attack: models["teacher"]}
+        research = dict(target_label=config.target_label, poison_rate=config.poison_rate)
+    else:
+        metrics = {NO_ATTACK: {"clean_accuracy": models["student"]["clean_accuracy"]}}
+        teacher = {NO_ATTACK: {"clean_accuracy": models["teacher"]["clean_accuracy"]}}
+        research = {}
+    return publish_model(model, repo_id, metrics, processor, output_dir=output_dir / "model", push=push,
+                         teacher_metrics=teacher, **research, **_card_details(config, result))
 
 
 # --- everything -------------------------------------------------------------------------
