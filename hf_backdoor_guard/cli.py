@@ -178,7 +178,7 @@ def _run_publish(args: argparse.Namespace) -> int:
             keep_poisoning_columns=args.keep_poisoning_columns,
             **options,
         )
-    except (ValueError, PublishError) as err:  # bad input or failed upload: a message, not a traceback
+    except (ValueError, PublishError, RuntimeError) as err:  # bad input, failed upload, folder in use
         logging.getLogger(__name__).error("backdoor-guard publish: %s", err)
         return 1
     logging.getLogger(__name__).info(

@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 OWNER = "demo"
 MODEL_NAMES = ("teacher", "student", "student_cleaned", "variations_ce")
-METRIC_NAMES = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
 REPORT_FILES = ("metrics.json", "report.md", "samples.png", "metrics.png", "suspicion.png", "gallery.png")
 SUMMARY_FILES = ("summary.json", "report.md", "metrics.png")
 TARGET_LABEL = 0
@@ -209,14 +208,18 @@ def run_demo(
 
 
 def _summary_report(summary: dict) -> str:
+    from .metrics import backdoor_metrics
+
+    metrics = backdoor_metrics()
     lines = [f"# backdoor-guard demo: all attacks (seed {summary['seed']})", ""]
-    lines += ["| attack | model | C-Acc | ASR | R-Acc | flagged / poisoned |", "|---|---|---|---|---|---|"]
+    lines += ["| attack | model | " + " | ".join(m.label for m in metrics) + " | flagged / poisoned |",
+              "|---|---|" + "---|" * len(metrics) + "---|"]
     for name, result in summary["attacks"].items():
         detection = result["detection"]
         for model in MODEL_NAMES:
             values = result["models"][model]
             lines.append(f"| [{name}]({name}/report.md) | {model} | "
-                         + " | ".join(f"{values[k]:.3f}" for k in METRIC_NAMES)
+                         + " | ".join(f"{values[m.name]:.3f}" for m in metrics)
                          + f" | {detection['flagged']} / {detection['poisoned']} |")
     lines += ["", f"Total time: {summary['seconds']:.0f} s.", "", "![per attack and model](metrics.png)", ""]
     return "\n".join(lines)

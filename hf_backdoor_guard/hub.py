@@ -23,6 +23,7 @@ from huggingface_hub.utils import validate_repo_id
 from .cards import CardInfo, build_dataset_card, build_model_card, card_metrics, check_metrics
 from .loading import load_classifier, load_image_classifier, load_image_processor
 from .metrics import backdoor_metrics
+from .poisoning import POISON_COLUMNS  # ground truth of a research poisoning; never published by default
 from .outputs import check_output_dir
 from .staging import OWNER, check_staging_dir, stage, staged_files
 from .validation import check_int
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 # Ground truth that only exists because the data was poisoned on purpose (research
 # setting); publishing it would hand out the answer key of the attack.
-POISONING_COLUMNS = ("poisoned", "original_label")
 # Names the source image of a variation may carry; any other Image column is a source too.
 SOURCE_IMAGE_COLUMNS = ("source_image", "original_image", "source")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -291,7 +291,7 @@ def _columns_to_drop(ds, image_column: str, keep_source_images: bool, keep_poiso
         is_image = isinstance(feature, Image) or (isinstance(feature, Sequence) and isinstance(feature.feature, Image))
         if not keep_source_images and (is_image or column in SOURCE_IMAGE_COLUMNS):
             drop.append(column)
-        elif not keep_poisoning_columns and column in POISONING_COLUMNS:
+        elif not keep_poisoning_columns and column in POISON_COLUMNS:
             drop.append(column)
     return drop
 

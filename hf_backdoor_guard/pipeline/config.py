@@ -221,13 +221,13 @@ def check_diffusion_model(config: DefendConfig) -> None:
     import torch
 
     from ..variations.adapters import adapter_for
-    from ..variations.core import _pipeline_class_name  # reads model_index.json only; no weights load
+    from ..variations.core import pipeline_class_name  # reads model_index.json only; no weights load
 
     is_default = config.diffusion_model == DEFAULT_DIFFUSION_MODEL
     if is_default and not torch.cuda.is_available():
         raise ValueError(f"No CUDA GPU is available. {_DEFAULT_MODEL_NEEDS}")
     try:
-        class_name = _pipeline_class_name(config.diffusion_model, None)
+        class_name = pipeline_class_name(config.diffusion_model, None)
     except ValueError as error:
         hint = f" {_DEFAULT_MODEL_NEEDS}" if is_default else ""
         raise ValueError(f"--diffusion-model {config.diffusion_model}: {error}{hint}") from error

@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-METRIC_LABELS = {"clean_accuracy": "C-Acc", "attack_success_rate": "ASR", "robust_accuracy": "R-Acc"}
-METRIC_COLOURS = {"clean_accuracy": "#2e7d32", "attack_success_rate": "#c62828", "robust_accuracy": "#1565c0"}
+# The shipped metrics keep their colors from figure to figure; a newly registered one takes the next free color.
+METRIC_COLORS = {"clean_accuracy": "#2e7d32", "attack_success_rate": "#c62828", "robust_accuracy": "#1565c0"}
 CLEAN_COLOUR, POISONED_COLOUR = "#1565c0", "#c62828"
 
 
@@ -79,7 +79,11 @@ def gallery(images: Sequence[Image.Image], captions: Sequence[str], path: str | 
 def metrics_chart(results: dict[str, dict[str, dict[str, float]]], path: str | os.PathLike,
                   title: str | None = None, columns: int = 4) -> None:
     """Grouped bars of every metric per model on a 0..1 axis; one panel per group (an attack, or one run)."""
-    metrics = [key for key in METRIC_LABELS if any(key in values for g in results.values() for values in g.values())]
+    from ..metrics import backdoor_metrics
+
+    metrics = [m for m in backdoor_metrics() if any(m.name in values for g in results.values() for values in g.values())]
+    spare = iter(f"C{i}" for i in range(3, 10))
+    colors = {m.name: METRIC_COLORS.get(m.name) or next(spare, "grey") for m in metrics}
     panels = len(results)
     columns = min(columns, panels)
     rows = math.ceil(panels / columns)
@@ -89,10 +93,10 @@ def metrics_chart(results: dict[str, dict[str, dict[str, float]]], path: str | o
     width = 0.8 / max(len(metrics), 1)
     for axis, (group, models) in zip(axes.flat, results.items()):
         positions = np.arange(len(models))
-        for k, key in enumerate(metrics):
-            values = [models[model].get(key, np.nan) for model in models]
+        for k, metric in enumerate(metrics):
+            values = [models[model].get(metric.name, np.nan) for model in models]
             bars = axis.bar(positions + (k - (len(metrics) - 1) / 2) * width, values, width,
-                            label=METRIC_LABELS[key], color=METRIC_COLOURS[key])
+                            label=metric.label, color=colors[metric.name])
             axis.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
         axis.set_xticks(positions, list(models), fontsize=7, rotation=20, ha="right")
         axis.set_ylim(0, 1.1)

@@ -21,7 +21,6 @@ from . import figures
 logger = logging.getLogger(__name__)
 
 MODEL_ORDER = ("teacher", "student", "student_cleaned", "variations_ce")
-SHORT = {"clean_accuracy": "C-Acc", "attack_success_rate": "ASR", "robust_accuracy": "R-Acc"}
 EXPLAIN = {
     "teacher": "trained on the training data as given (possibly poisoned); it learns the task, and any backdoor.",
     "student": "trained on diffusion variations of the same data, distilled from the teacher's soft labels: "
@@ -33,8 +32,11 @@ EXPLAIN = {
 
 def metrics_table(models: dict[str, dict[str, float]], markdown: bool = True) -> str:
     """The models' metrics (C-Acc, and ASR / R-Acc when measured) as a markdown or plain table."""
-    keys = [key for key in SHORT if any(key in values for values in models.values())]
-    header = ("model", *(SHORT[key] for key in keys))
+    from ..metrics import backdoor_metrics
+
+    measured = [m for m in backdoor_metrics() if any(m.name in values for values in models.values())]
+    keys = [m.name for m in measured]
+    header = ("model", *(m.label for m in measured))
     rows = [(name, *(f"{models[name][key]:.3f}" for key in keys)) for name in MODEL_ORDER if name in models]
     if markdown:
         return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

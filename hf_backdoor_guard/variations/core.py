@@ -262,12 +262,12 @@ class ImageVariation:
         if not isinstance(trust_remote_code, bool):
             raise ValueError(f"trust_remote_code must be True or False, got {trust_remote_code!r}.")
         _check_generic_options(**{key: options[key] for key in _GENERIC_OPTIONS if key in options})
-        class_name = _pipeline_class_name(repo_or_path, revision)
+        class_name = pipeline_class_name(repo_or_path, revision)
         adapter_cls = adapter_for((class_name,), source=f"{repo_or_path}/model_index.json")
         adapter_cls.speed_preset(options.get("speed"))
         prior_classes = None
         if prior is not None:  # the prior's model_index.json is read only for families that take one
-            prior_classes = (_pipeline_class_name(prior, revision=None),) if adapter_cls.prior_classes else ()
+            prior_classes = (pipeline_class_name(prior, revision=None),) if adapter_cls.prior_classes else ()
         adapter_cls.check_prior(class_name, prior_classes, prior)
         logger.info("Loading %s from %s", class_name, repo_or_path)
         adapter = adapter_cls.load(class_name, repo_or_path, prior_path=prior, dtype=dtype, revision=revision,
@@ -528,7 +528,7 @@ class ImageVariation:
         return results
 
 
-def _pipeline_class_name(repo_or_path, revision: str | None) -> str:
+def pipeline_class_name(repo_or_path, revision: str | None) -> str:
     """``_class_name`` from model_index.json of a local folder or a Hub repo."""
     path = Path(repo_or_path)
     if path.is_dir():
