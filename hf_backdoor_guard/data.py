@@ -250,6 +250,39 @@ def load_image_splits(
     return train, evaluation
 
 
+class _SquareResize:
+    """``Dataset.map`` function: shortest edge to ``size``, centre crop to ``size x size``, RGB, lossless PNG."""
+
+    def __init__(self, size: int, column: str):
+        self.size = size
+        self.column = column
+
+    def __call__(self, batch: dict) -> dict:
+        from .images import encode_png, load_rgb
+
+        out = []
+        for image in batch[self.column]:
+            image = load_rgb(image, column=self.column)
+            scale = self.size / min(image.size)
+            width, height = max(self.size, round(image.width * scale)), max(self.size, round(image.height * scale))
+            image = image.resize((width, height), PILImage.Resampling.BICUBIC)
+            left, top = (width - self.size) // 2, (height - self.size) // 2
+            out.append(encode_png(image.crop((left, top, left + self.size, top + self.size))))
+        return {self.column: out}
+
+
+def resize_images(ds: "Dataset", size: int, image_column: str = "image") -> "Dataset":
+    """Every image resized (shortest edge, then centre crop) to ``size`` x ``size``, stored as lossless PNG.
+
+    For data whose images differ in size (GTSRB) or are larger than the model's input
+    (ImageNette at 320 px): resized before poisoning, a trigger of k pixels is k pixels in
+    every image and at the model's input, as BackdoorBench does.
+    """
+    check_int("size", size, minimum=8)
+    return ds.map(_SquareResize(size, image_column), batched=True, batch_size=256, features=ds.features.copy(),
+                  desc=f"Resizing images to {size}px")
+
+
 def stratified_subset(ds: "Dataset", rows: int | None, seed: int, label_column: str = "label") -> "Dataset":
     """A class-stratified subset of ``rows`` rows, in the original order (all rows when ``rows`` is None).
 
