@@ -3,9 +3,10 @@
 :func:`run_defenses` checks every defense's inputs and options first, trains the
 undefended model once (``"none"``, the reference of every DER and the starting point
 of the defenses that need a backdoored model), runs each defense, measures it with the
-same C-Acc / ASR / R-Acc functions (:func:`evaluate_defense`) and reports one line per
-defense. The pipeline stages of the project's own method (variations, student) are
-added by the ``compare`` command on top of this.
+same C-Acc / ASR / R-Acc functions (:func:`measure_defense`, :func:`evaluate_defense`)
+and reports one line per defense. The ``compare`` command
+(:mod:`hf_backdoor_guard.pipeline.compare`) runs the project's own method through the
+pipeline's stages and each row of :func:`defense_variants` through :func:`measure_defense`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from .leaderboard import defense_effectiveness_rating
 logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
+TUNED_SUFFIX = "_tuned"
 
 # Options for the embedded digits benchmark where the paper's settings, scaled to its 12-epoch
 # budget, leave a baseline far below what it can do there (BadNets, seed 0, measured with
 # benchmarks/defenses_smoke.py; BENCHMARKS.md, "defenses"). Chosen with the benchmark's ground
-# truth, so they can only flatter the baselines; every other defense keeps its class defaults.
+# truth, so they can only flatter the baselines: ``compare`` reports them as separate rows
+# (``abl_tuned``, ``activation_clustering_tuned``) beside the papers' settings, never instead of them.
 EMBEDDED_BENCHMARK_OPTIONS: dict[str, dict] = {
     # 2.4 isolation epochs at gamma 0.5 end before the batch loss reaches gamma: no poisoned row was
     # isolated (AUROC 0.07, ASR 0.67). 6 epochs at gamma 0.1 isolate 4 of 8 (ASR 0.19).
@@ -84,6 +87,61 @@ def detection_record(result: DefenseResult, train) -> dict | None:
     return {**{key: round(float(value), 4) for key, value in metrics.items()}, "flagged": int(flagged.sum())}
 
 
+def defense_variants() -> dict[str, tuple[str, dict]]:
+    """Every row ``compare`` can run: ``{row name: (registered defense, options)}``.
+
+    Each registered defense but ``"none"`` at its class defaults (the papers' settings
+    scaled to the budget: the primary rows), then ``<name>_tuned`` for each defense in
+    :data:`EMBEDDED_BENCHMARK_OPTIONS` (settings chosen with the embedded benchmark's
+    ground truth; separate, labelled rows, never the primary ones).
+    """
+    rows: dict[str, tuple[str, dict]] = {name: (name, {}) for name in DEFENSES.names() if name != "none"}
+    for name, options in EMBEDDED_BENCHMARK_OPTIONS.items():
+        if name in DEFENSES:
+            rows[f"{name}{TUNED_SUFFIX}"] = (name, dict(options))
+    return rows
+
+
+def progress_line(number: int, total: int, name: str, record: dict, note: str = "") -> str:
+    """``[3/9] fine_pruning  C-Acc 0.982  ASR 0.011  R-Acc 0.857  DER 0.992  3 s``: one line per defense."""
+    detection = record.get("detection")
+    return (f"[{number}/{total}] {name:<27} C-Acc {record['clean_accuracy']:.3f}  "
+            f"ASR {record['attack_success_rate']:.3f}  R-Acc {record['robust_accuracy']:.3f}  "
+            f"DER {record['der']:.3f}  {record['seconds']:.0f} s"
+            + (f"  detection AUROC {detection['auroc']:.3f}" if detection and "auroc" in detection else "")
+            + (f"  ({note})" if note else ""))
+
+
+def measure_defense(defense, poisoned_train, test_ds, attack, *, reference: dict | None, target_label: int = 0,
+                    triggered_ds=None, clean_subset=None, backdoored_model=None, image_processor,
+                    image_column: str = "image", label_column: str = "label", **common: Any) -> tuple[dict, Any]:
+    """Run one defense (a :class:`~.base.Defense` or a name) and measure it: ``(record, result.model)``.
+
+    The record holds the three metrics, ``der`` against ``reference`` (the ``"none"``
+    record; ``None`` for ``"none"`` itself), ``seconds`` (the defense plus its evaluation),
+    ``assumes``, ``options``, ``info`` and, where the defense scores rows and the data has
+    a ``poisoned`` column, ``detection``. ``common`` goes to :func:`run_defense`.
+    """
+    defense = resolve_defense(defense)
+    result = run_defense(defense, poisoned_train, clean_subset=clean_subset if defense.assumes.needs_clean_subset
+                         else None, backdoored_model=backdoored_model, image_processor=image_processor,
+                         image_column=image_column, label_column=label_column, **common)
+    started = time.perf_counter()
+    metrics = evaluate_defense(result.model, test_ds, attack, target_label, image_processor,
+                               triggered_ds=triggered_ds, image_column=image_column, label_column=label_column)
+    seconds = result.seconds + (time.perf_counter() - started)
+    record: dict[str, Any] = {key: round(float(metrics[key]), 4) for key in METRIC_KEYS}
+    record["der"] = round(defense_effectiveness_rating(reference or record, record), 4)
+    record["seconds"] = round(seconds, 1)
+    record["assumes"] = result.assumes
+    record["options"] = result.info.get("options", {})
+    record["info"] = {key: value for key, value in result.info.items() if key != "options"}
+    detection = detection_record(result, poisoned_train)
+    if detection is not None:
+        record["detection"] = detection
+    return record, result.model
+
+
 def run_defenses(
     poisoned_train,
     test_ds,
@@ -105,13 +163,13 @@ def run_defenses(
 ) -> dict[str, dict]:
     """Run ``names`` (default: every registered defense) on the same data; return one record per defense.
 
-    Each record holds ``clean_accuracy``, ``attack_success_rate``, ``robust_accuracy``, ``der``
-    (against ``"none"``), ``seconds`` (the defense plus its evaluation: for test-time
-    purification the evaluation is the defense's work), ``assumes``, ``options``, ``info``
-    (the defense's own facts: pruned channels, isolated rows, ...) and, where the
-    defense scores rows and the data has a ``poisoned`` column, ``detection`` (AUROC,
-    precision, recall). ``"none"`` always runs first. ``options`` maps a defense name to
-    its options (``{"purification": {"variation": hbg.ImageVariation.embedded()}}``).
+    Each record is :func:`measure_defense`'s: ``clean_accuracy``, ``attack_success_rate``,
+    ``robust_accuracy``, ``der`` (against ``"none"``), ``seconds`` (the defense plus its
+    evaluation: for test-time purification the evaluation is the defense's work),
+    ``assumes``, ``options``, ``info`` (the defense's own facts: pruned channels, isolated
+    rows, ...) and, where the defense scores rows and the data has a ``poisoned`` column,
+    ``detection`` (AUROC, precision, recall). ``"none"`` always runs first. ``options`` maps
+    a defense name to its options (``{"purification": {"variation": hbg.ImageVariation.embedded()}}``).
     ``report`` receives one progress line per defense (default: the module's logger).
     """
     from ..poisoning import triggered_testset
@@ -128,8 +186,6 @@ def run_defenses(
     check_target_label(target_label, check_dataset(test_ds, image_column, label_column), label_column)
     if triggered_ds is None:
         triggered_ds = triggered_testset(test_ds, attack, target_label, image_column, label_column)
-    common = dict(model_factory=model_factory, training_args=training_args, image_processor=image_processor,
-                  augment=augment, image_column=image_column, label_column=label_column)
     needs_clean = [name for name, defense in defenses.items() if defense.assumes.needs_clean_subset]
     if needs_clean and clean_subset is None:
         raise ValueError(f"Defenses {needs_clean} need trusted clean data: pass clean_subset= (BackdoorBench: 5% of "
@@ -138,28 +194,13 @@ def run_defenses(
     records: dict[str, dict] = {}
     for number, (name, defense) in enumerate(defenses.items(), 1):
         logger.info("defense %d/%d: %s", number, len(defenses), name)
-        result = run_defense(defense, poisoned_train, clean_subset=clean_subset if defense.assumes.needs_clean_subset
-                             else None, backdoored_model=backdoored_model, **common)
+        record, model = measure_defense(
+            defense, poisoned_train, test_ds, attack, reference=records.get("none"), target_label=target_label,
+            triggered_ds=triggered_ds, clean_subset=clean_subset, backdoored_model=backdoored_model,
+            model_factory=model_factory, training_args=training_args, image_processor=image_processor,
+            augment=augment, image_column=image_column, label_column=label_column)
         if name == "none":
-            backdoored_model = result.model  # every later defense starts from the same undefended model
-        started = time.perf_counter()
-        metrics = evaluate_defense(result.model, test_ds, attack, target_label, image_processor,
-                                   triggered_ds=triggered_ds, image_column=image_column, label_column=label_column)
-        seconds = result.seconds + (time.perf_counter() - started)
-        record = {key: round(float(metrics[key]), 4) for key in METRIC_KEYS}
-        record["der"] = round(defense_effectiveness_rating(records.get("none", record), record), 4)
-        record["seconds"] = round(seconds, 1)
-        record["assumes"] = result.assumes
-        record["options"] = result.info.get("options", {})
-        record["info"] = {key: value for key, value in result.info.items() if key != "options"}
-        detection = detection_record(result, poisoned_train)
-        if detection is not None:
-            record["detection"] = detection
+            backdoored_model = model  # every later defense starts from the same undefended model
         records[name] = record
-        report(
-            f"[{number}/{len(defenses)}] {name:<22} C-Acc {record['clean_accuracy']:.3f}  "
-            f"ASR {record['attack_success_rate']:.3f}  R-Acc {record['robust_accuracy']:.3f}  "
-            f"DER {record['der']:.3f}  {record['seconds']:.0f} s"
-            + (f"  detection AUROC {detection['auroc']:.3f}" if detection else "")
-        )
+        report(progress_line(number, len(defenses), name, record))
     return records

@@ -21,7 +21,7 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 ENTRY_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy", "der", "seconds", "assumes")
 FILES = ("leaderboard.json", "leaderboard.md", "leaderboard.png")
@@ -85,22 +85,38 @@ def _singles(board: Mapping) -> list[Mapping]:
     return list(board["attacks"].values()) if "attacks" in board else [board]
 
 
-def leaderboard_markdown(board: Mapping, figure: str | None = "leaderboard.png") -> str:
-    """The leaderboard as markdown: one table per attack (and the figure, when named)."""
+TABLE_HEADER = ("defense", "C-Acc", "ASR", "R-Acc", "DER", "seconds", "clean data", "training", "inference cost")
+DER_NOTE = ("DER: BackdoorBench's defense effectiveness rating against `none`, as its code computes it: "
+            "(max(0, dASR) - max(0, dC-Acc) + 1) / 2, with dASR = ASR(none) - ASR and dC-Acc = C-Acc(none) - C-Acc "
+            "(1: ASR from 1 to 0 at no accuracy cost; 0.5: no change).")
+SECONDS_NOTE = "Seconds: the defense and its evaluation."
+
+
+def leaderboard_table(single: Mapping, markdown: bool = True, assumptions: bool = True) -> str:
+    """One attack's defenses as a markdown table, or as aligned plain text (``markdown=False``, for a terminal)."""
+    header = TABLE_HEADER if assumptions else TABLE_HEADER[:6]
+    rows = []
+    for name, entry in single["defenses"].items():
+        assumes = entry["assumes"] if isinstance(entry["assumes"], Mapping) else {}
+        cells = [name, *(f"{entry[key]:.3f}" for key in ("clean_accuracy", "attack_success_rate",
+                                                           "robust_accuracy", "der")), f"{entry['seconds']:.0f}"]
+        if assumptions:
+            cells += [str(assumes.get(key, "")) for key in ("clean_data", "training", "inference_cost")]
+        rows.append(cells)
+    if markdown:
+        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                         + ["| " + " | ".join(row) + " |" for row in rows])
+    widths = [max(len(row[i]) for row in [list(header), *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in [list(header), *rows])
+
+
+def leaderboard_markdown(board: Mapping, figure: str | None = "leaderboard.png", notes: Sequence[str] = ()) -> str:
+    """The leaderboard as markdown: one table per attack, the notes (what the numbers mean), the figure."""
     check_leaderboard(board)
     lines = ["# Defenses compared", ""]
     for single in _singles(board):
-        lines += [f"## {single['attack']} (seed {single['seed']})", "",
-                  "| defense | C-Acc | ASR | R-Acc | DER | seconds | clean data | training | inference cost |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for name, entry in single["defenses"].items():
-            assumes = entry["assumes"] if isinstance(entry["assumes"], Mapping) else {}
-            lines.append(
-                f"| {name} | {entry['clean_accuracy']:.3f} | {entry['attack_success_rate']:.3f} | "
-                f"{entry['robust_accuracy']:.3f} | {entry['der']:.3f} | {entry['seconds']:.0f} | "
-                f"{assumes.get('clean_data', '')} | {assumes.get('training', '')} | "
-                f"{assumes.get('inference_cost', '')} |"
-            )
+        lines += [f"## {single['attack']} (seed {single['seed']})", "", leaderboard_table(single)]
         detected = {name: entry["detection"] for name, entry in single["defenses"].items() if "detection" in entry}
         if detected:
             lines += ["", "Poisoned-row detection of the defenses that score rows:", "",
@@ -109,8 +125,7 @@ def leaderboard_markdown(board: Mapping, figure: str | None = "leaderboard.png")
                 cells = [detection.get(key) for key in ("auroc", "precision", "recall")]
                 lines.append(f"| {name} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |")
         lines.append("")
-    lines.append("DER: BackdoorBench's defense effectiveness rating against `none`, "
-                 "(max(0, dASR) - max(0, dC-Acc) + 1) / 2. Seconds: the defense and its evaluation.")
+    lines += [f"- {note}" for note in (DER_NOTE, *(notes or (SECONDS_NOTE,)))]
     if figure:
         lines += ["", f"![C-Acc vs. ASR of every defense]({figure})"]
     return "\n".join(lines) + "\n"
@@ -141,8 +156,10 @@ def scatter_png(board: Mapping) -> bytes:
     return buffer.getvalue()
 
 
-def write_leaderboard(output_dir: str | os.PathLike, board: Mapping) -> list[Path]:
+def write_leaderboard(output_dir: str | os.PathLike, board: Mapping, notes: Sequence[str] = ()) -> list[Path]:
     """Write ``leaderboard.json``, ``leaderboard.md`` and ``leaderboard.png`` into ``output_dir`` (atomically).
+
+    ``notes`` are listed under the tables of ``leaderboard.md`` (default: what the seconds cover).
 
     The folder must exist; claiming it (refusing someone else's files) is the caller's job
     (:func:`~hf_backdoor_guard.outputs.claim_output_dir`).
@@ -156,5 +173,5 @@ def write_leaderboard(output_dir: str | os.PathLike, board: Mapping) -> list[Pat
     json_path, markdown_path, figure_path = (folder / name for name in FILES)
     write_json_atomic(json_path, board)
     write_bytes_atomic(figure_path, scatter_png(board))
-    write_text_atomic(markdown_path, leaderboard_markdown(board, figure=figure_path.name))
+    write_text_atomic(markdown_path, leaderboard_markdown(board, figure=figure_path.name, notes=notes))
     return [json_path, markdown_path, figure_path]
