@@ -20,13 +20,9 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-# Runnable from a source checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 logger = logging.getLogger("pretrain_embedded_diffusion")
 

@@ -1,15 +1,17 @@
-"""The accelerate recipes, run end to end as real subprocesses on tiny local data and models.
+"""The recipes, run end to end as real subprocesses on tiny local data and models.
 
 One module-scoped run chains the four scripts the way a user does: train_teacher ->
-generate_variations (under two processes with torchrun) -> train_student -> evaluate, on a
-local imagefolder, a tiny saved ResNet and a tiny saved Versatile Diffusion pipeline, on
-CPU and offline. Config parsing and data loading are also checked in-process.
+generate_variations (under two processes with torchrun) -> train_student ->
+evaluate_backdoor, all reading one ``--config`` file, on a local imagefolder, a tiny saved
+ResNet and a tiny saved Versatile Diffusion pipeline, on CPU and offline. Argument parsing,
+data loading, the multi-machine parts and streaming input are checked in-process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +23,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(RECIPES))  # what `python recipes/x.py` does for the scripts: they import recipe_arguments
 
-from hf_backdoor_guard import recipe_args as ra  # noqa: E402
+import recipe_arguments as ra
 
 NUM_CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS, SIZE = 3, 6, 3, 32
+SCRIPTS = ("train_teacher", "generate_variations", "train_student", "evaluate_backdoor")
 
 
 @pytest.fixture(autouse=True)
@@ -53,12 +57,36 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+def _start(*args: str) -> subprocess.Popen:
+    """Start a recipe; its output goes to files, so a process left waiting never blocks on a full pipe."""
+    import tempfile
+
+    files = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in _finish)
+    process = subprocess.Popen(list(args), cwd=ROOT, env=_env(), stdout=files[0], stderr=files[1], text=True)
+    process.output_files = files
+    return process
+
+
+def _finish(process: subprocess.Popen, timeout: int = 240) -> subprocess.CompletedProcess:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    outputs = []
+    for stream in process.output_files:
+        stream.seek(0)
+        outputs.append(stream.read())
+        stream.close()
+    result = subprocess.CompletedProcess(process.args, process.returncode, *outputs)
     if result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+        raise AssertionError(f"{' '.join(process.args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
                              f"{result.stderr[-6000:]}")
     return result
+
+
+def _script_main(name: str):
+    return runpy.run_path(str(RECIPES / f"{name}.py"), run_name=f"recipe_{name}")["main"]
 
 
 def _make_imagefolder(root: Path) -> Path:
@@ -77,7 +105,7 @@ def _make_imagefolder(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """Tiny data, a saved tiny classifier and a saved tiny Versatile Diffusion pipeline, plus configs."""
+    """Tiny data, a saved tiny classifier and a saved tiny Versatile Diffusion pipeline, plus one config."""
     from tiny_classifiers import tiny_resnet
     from tiny_pipelines import save_family
 
@@ -87,13 +115,14 @@ def assets(tmp_path_factory):
     model.save_pretrained(root / "classifier")
     processor.save_pretrained(root / "classifier")
     pipeline, _ = save_family("versatile", root / "diffusion")
-
-    # A base config and a run config extending it, like recipes/configs/*.yaml.
-    (root / "base.yaml").write_text(f"""
+    # One file for every script, like recipes/configs/*.yaml (each script takes the keys it knows).
+    (root / "run.yaml").write_text(f"""
+run_dir: {root / 'run'}
 dataset_name: imagefolder
 data_dir: {data}
 train_split: train
 eval_split: test
+attack: {{name: badnets, trigger: checkerboard, size: 3}}
 target_label: 0
 poison_rate: 0.25
 model_name_or_path: {root / 'classifier'}
@@ -125,29 +154,21 @@ alpha: 0.5
 temperature: 10.0
 eval_batch_size: 16
 """)
-    (root / "run.yaml").write_text(f"""
-extends: base.yaml
-run_dir: {root / 'run'}
-attack: {{name: badnets, trigger: checkerboard, size: 3}}
-train_student:
-  num_train_epochs: 1
-  lr_milestones: null
-""")
     return root
 
 
 @pytest.fixture(scope="module")
 def pipeline_run(assets):
-    """The four recipes in a row; variations under two processes."""
-    config = str(assets / "run.yaml")
-    outputs = {
-        "teacher": _run(sys.executable, "recipes/train_teacher.py", config),
-        "variations": _run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "recipes/generate_variations.py", config),
-        "student": _run(sys.executable, "recipes/train_student.py", config),
-        "evaluate": _run(sys.executable, "recipes/evaluate.py", config,
-                         "--eval_attacks", "badnets:trigger=checkerboard,size=3", "blended:ratio=0.2"),
-    }
+    """The four recipes as subprocesses; the variations under two processes, beside the teacher (which
+    they do not need: both read the training split, poisoned with the same seed)."""
+    config = ["--config", str(assets / "run.yaml")]
+    teacher = _start(sys.executable, "recipes/train_teacher.py", *config)
+    variations = _start(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "recipes/generate_variations.py", *config)
+    outputs = {"teacher": _finish(teacher), "variations": _finish(variations)}
+    outputs["student"] = _finish(_start(sys.executable, "recipes/train_student.py", *config, "--num_train_epochs", "1"))
+    outputs["evaluate"] = _finish(_start(sys.executable, "recipes/evaluate_backdoor.py", *config, "--eval_attacks",
+                                         "badnets:trigger=checkerboard,size=3", "blended:ratio=0.2"))
     return assets / "run", outputs
 
 
@@ -169,7 +190,7 @@ def test_teacher_is_saved_with_multistep_schedule_and_backdoor_metrics(pipeline_
     for key in ("eval_clean_accuracy", "eval_attack_success_rate", "eval_robust_accuracy"):
         assert 0.0 <= results[key] <= 1.0
     resolved = (teacher / "recipe_config.yaml").read_text()
-    assert "lr_milestones:\n- 1" in resolved and "poison_rate: 0.25" in resolved
+    assert "lr_milestones:\n- 1.0" in resolved and "poison_rate: 0.25" in resolved
 
 
 def test_variations_made_by_two_processes_from_the_poisoned_set(pipeline_run, assets):
@@ -183,11 +204,15 @@ def test_variations_made_by_two_processes_from_the_poisoned_set(pipeline_run, as
     assert sum(varied["poisoned"]) == 3
     assert all(label == 0 for label, hit in zip(varied["label"], varied["poisoned"]) if hit)
     assert len(list((run / "variations").glob("data-*.arrow"))) == 3  # 18 rows / shard_size 6
-    assert "Varied 18 rows into 18 images with 2 processes" in outputs["variations"].stdout  # torchrun: 2 ranks
-    train = ra.load_train_dataset(*ra.parse_recipe_args("generate_variations", [str(assets / "run.yaml")])[1:3])
+    assert "Wrote 18 variations with 2 processes (part 1 of 1)" in outputs["variations"].stdout  # torchrun: 2 ranks
+    data = ra.DataArguments(dataset_name="imagefolder", data_dir=str(assets / "data"), eval_split="test")
+    poison = ra.PoisonArguments(attack={"name": "badnets", "trigger": "checkerboard", "size": 3}, poison_rate=0.25)
+    train, _ = ra.load_splits(data, poison, evaluation=False)
+    assert train["poisoned"] == varied["poisoned"]
     source = np.asarray(train[0]["image"].convert("RGB"), dtype=np.int16)
     variation = np.asarray(varied[0]["image"].convert("RGB"), dtype=np.int16)
     assert variation.shape == source.shape and np.abs(variation - source).mean() > 1.0
+    assert "speed: null" in (run / "variations" / "recipe_config.yaml").read_text()
 
 
 def test_student_distilled_on_variations(pipeline_run):
@@ -196,27 +221,11 @@ def test_student_distilled_on_variations(pipeline_run):
     assert (student / "model.safetensors").is_file()
     assert (student / "preprocessor_config.json").is_file()
     results = json.loads((student / "eval_results.json").read_text())
-    assert results["epoch"] == pytest.approx(1.0)  # the train_student section overrides the shared 2 epochs
+    assert results["epoch"] == pytest.approx(1.0)  # the flag overrides the config's 2 epochs
     assert {"eval_clean_accuracy", "eval_attack_success_rate", "eval_robust_accuracy"} <= set(results)
     resolved = (student / "recipe_config.yaml").read_text()
     assert "alpha: 0.5" in resolved and "temperature: 10.0" in resolved
     assert f"teacher_model_name_or_path: {run / 'teacher'}" in resolved
-
-
-def test_student_with_cached_teacher_logits(pipeline_run, assets, tmp_path):
-    """--cache_teacher_logits runs the teacher once over the variations (augmentation off), in-process."""
-    run, _ = pipeline_run
-    output = tmp_path / "student_cached"
-    metrics = _script_main("train_student")([
-        str(assets / "run.yaml"), "--cache_teacher_logits", "true", "--augment", "false",
-        "--teacher_model_name_or_path", str(run / "teacher"), "--variations_dataset", str(run / "variations"),
-        "--output_dir", str(output), "--verbosity", "warning",
-    ])
-    assert (output / "model.safetensors").is_file()
-    assert 0.0 <= metrics["eval_clean_accuracy"] <= 1.0
-    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
-    assert all(np.isfinite(entry["loss"]) for entry in history if "loss" in entry)
-    assert "cache_teacher_logits: true" in (output / "recipe_config.yaml").read_text()
 
 
 def test_evaluate_writes_metrics_for_each_attack(pipeline_run):
@@ -230,129 +239,231 @@ def test_evaluate_writes_metrics_for_each_attack(pipeline_run):
     assert report["attacks"]["blended"] == {"name": "blended", "trigger": "random", "ratio": 0.2, "seed": 42}
     for values in report["metrics"].values():
         assert set(values) == {"clean_accuracy", "attack_success_rate", "robust_accuracy"}
-    # The shape `backdoor-guard publish --metrics` reads.
-    assert set(read_metrics_file(path)) == {"badnets", "blended"}
+    assert set(read_metrics_file(path)) == {"badnets", "blended"}  # the shape `backdoor-guard publish --metrics` reads
+
+
+def test_student_with_cached_teacher_logits(pipeline_run, assets, tmp_path):
+    """--cache_teacher_logits runs the teacher once over the variations (augmentation off), in-process."""
+    assert (pipeline_run[0] / "teacher").is_dir() and (pipeline_run[0] / "variations").is_dir()  # what it reads
+    output = tmp_path / "student_cached"
+    metrics = _script_main("train_student")([
+        "--config", str(assets / "run.yaml"), "--cache_teacher_logits", "true", "--augment", "false",
+        "--num_train_epochs", "1", "--output_dir", str(output), "--verbosity", "warning",
+    ])
+    assert (output / "model.safetensors").is_file()
+    assert 0.0 <= metrics["eval_clean_accuracy"] <= 1.0
+    history = json.loads((output / "trainer_state.json").read_text())["log_history"]
+    assert all(np.isfinite(entry["loss"]) for entry in history if "loss" in entry)
+    assert "cache_teacher_logits: true" in (output / "recipe_config.yaml").read_text()
+
+
+def test_cached_logits_with_augmentation_refused_before_the_teachers_pass(pipeline_run, assets, tmp_path,
+                                                                         monkeypatch):
+    """The trainer's own check refuses it, after a one-row pass: never the pass over every variation."""
+    from hf_backdoor_guard import teacher_logits
+
+    real, rows = teacher_logits.precompute_teacher_logits, []
+
+    def counting(teacher, ds, *args, **kwargs):
+        rows.append(len(ds))
+        return real(teacher, ds, *args, **kwargs)
+
+    monkeypatch.setattr(teacher_logits, "precompute_teacher_logits", counting)
+    with pytest.raises(ValueError, match="'teacher_logits' cache but its ImageClassificationTransform has augment"):
+        _script_main("train_student")(["--config", str(assets / "run.yaml"), "--cache_teacher_logits", "true",
+                                       "--output_dir", str(tmp_path / "student"), "--verbosity", "warning"])
+    assert rows == [1]
+    assert not (tmp_path / "student" / "model.safetensors").exists()
+
+
+def test_parts_on_two_machines_merge_into_the_single_run(pipeline_run, assets, tmp_path):
+    """Without shared storage: each machine runs one part into its own folder; the merge equals one run."""
+    from datasets import load_from_disk
+
+    import hf_backdoor_guard as hbg
+
+    run, _ = pipeline_run
+    generate = _script_main("generate_variations")
+    folders = [tmp_path / f"part{i}" for i in range(2)]
+    for index, folder in enumerate(folders):
+        part = generate(["--config", str(assets / "run.yaml"), "--part_index", str(index), "--num_parts", "2",
+                         "--output_dir", str(folder), "--verbosity", "warning"])
+        assert len(part) == 12 if index == 0 else len(part) == 6  # shards 0, 2 and shard 1 of the 3
+    merged = hbg.merge_variation_shards(folders, tmp_path / "merged")
+    single = load_from_disk(str(run / "variations"))
+    assert merged["source_index"] == single["source_index"]
+    assert [image.tobytes() for image in merged["image"]] == [image.tobytes() for image in single["image"]]
+
+
+def test_streaming_input_and_its_limits(assets, tmp_path):
+    generate = _script_main("generate_variations")
+    config = ["--config", str(assets / "run.yaml"), "--streaming", "true", "--verbosity", "warning"]
+    with pytest.raises(ValueError, match="streaming reads the training split as it is"):
+        generate([*config, "--output_dir", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
+    varied = generate([*config, "--poison_rate", "0", "--output_dir", str(tmp_path / "streamed")])
+    assert len(varied) == NUM_CLASSES * TRAIN_PER_CLASS and varied["source_index"] == list(range(len(varied)))
+    assert "poisoned" not in varied.column_names
 
 
 # ------------------------------------------------------------------------------------------
 # --help and bad input, in-process
 # ------------------------------------------------------------------------------------------
-def _script_main(name: str):
-    import runpy
-
-    return runpy.run_path(str(RECIPES / f"{name}.py"), run_name=f"recipe_{name}")["main"]
-
-
 @pytest.mark.parametrize("script, options", [
-    ("train_teacher", ["--attack", "--lr_milestones", "--architecture", "--num_train_epochs", "--resize_images"]),
-    ("generate_variations", ["--diffusion_model", "--scheduler", "--num_inference_steps", "--variation_size"]),
+    ("train_teacher", ["--attack", "--lr_milestones", "--model_name_or_path", "--num_train_epochs", "--resize_images"]),
+    ("generate_variations", ["--diffusion_model", "--speed", "--part_index", "--num_parts", "--push_to_hub",
+                             "--streaming", "--overlap"]),
     ("train_student", ["--teacher_model_name_or_path", "--variations_dataset", "--alpha", "--temperature"]),
-    ("evaluate", ["--eval_model", "--eval_attacks", "--metrics_file"]),
+    ("evaluate_backdoor", ["--eval_model", "--eval_attacks", "--metrics_file"]),
 ])
 def test_every_recipe_answers_help(script, options, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _script_main(script)(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    assert f"{script}.py [CONFIG.yaml]" in text
-    for option in options:
+    for option in ["--config", *options]:
         assert option in text
 
 
-def test_bad_rename_column_fails_before_training(assets, tmp_path):
-    with pytest.raises(ValueError, match="rename_columns names \\['img'\\]"):
-        _script_main("train_teacher")([str(assets / "run.yaml"), "--rename_columns", "img=image",
+def test_missing_column_fails_before_training_and_lists_the_columns(assets, tmp_path):
+    with pytest.raises(ValueError, match=r"Image column 'img' not found.*image"):
+        _script_main("train_teacher")(["--config", str(assets / "run.yaml"), "--image_column_name", "img",
                                        "--run_dir", str(tmp_path / "run")])
-    assert not (tmp_path / "run" / "teacher" / "model.safetensors").exists()
+    assert not (tmp_path / "run").exists()
 
 
-def test_student_refuses_cached_logits_with_augmentation(assets, tmp_path):
-    with pytest.raises(ValueError, match="cache_teacher_logits needs augmentation off"):
-        _script_main("train_student")([str(assets / "run.yaml"), "--cache_teacher_logits", "true",
-                                       "--run_dir", str(tmp_path)])
+def test_bad_hub_repo_refused_before_generation(assets, tmp_path):
+    with pytest.raises(ValueError, match="push_to_hub must be a Hub dataset repo id"):
+        _script_main("generate_variations")(["--config", str(assets / "run.yaml"), "--push_to_hub", "no-namespace",
+                                             "--output_dir", str(tmp_path / "v"), "--verbosity", "warning"])
+    assert not (tmp_path / "v").exists()
 
 
 # ------------------------------------------------------------------------------------------
-# Config parsing
+# Arguments and configs
 # ------------------------------------------------------------------------------------------
-def _write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
+TEACHER = (ra.RunArguments, ra.DataArguments, ra.PoisonArguments, ra.ModelArguments, ra.AugmentArguments,
+           ra.ScheduleArguments)
 
 
-def test_precedence_defaults_config_section_command_line(tmp_path):
-    base = _write(tmp_path / "base.yaml", "run_dir: runs/x\nlearning_rate: 1e-3\nnum_train_epochs: 3\n"
-                                          "dataset_name: d\nattack: badnets\n")
-    child = _write(tmp_path / "child.yaml", "extends: base.yaml\nnum_train_epochs: 5\n"
-                                            "train_student:\n  num_train_epochs: 7\n")
-    run, data, poison, *_, training = ra.parse_recipe_args("train_teacher", [child, "--poison_rate", "0.3"])
-    assert training.learning_rate == pytest.approx(1e-3)  # '1e-3' read as a float, not a string
-    assert training.num_train_epochs == 5 and poison.poison_rate == pytest.approx(0.3)
+def _student_types():
+    from hf_backdoor_guard.distillation import DistillationTrainingArguments
+
+    return (*TEACHER, ra.StudentArguments, DistillationTrainingArguments)
+
+
+STUDENT_PATHS = {"output_dir": "student", "teacher_model_name_or_path": "teacher", "variations_dataset": "variations"}
+
+
+def test_precedence_defaults_run_paths_config_flags(tmp_path):
+    from transformers import TrainingArguments
+
+    config = tmp_path / "setup.yaml"
+    config.write_text("run_dir: runs/x\nlearning_rate: 1e-3\nnum_train_epochs: 3\ndataset_name: d\nattack: badnets\n"
+                      "variations_dataset: user/variations\n")
+    *_, poison, _, _, _, training = ra.parse_arguments((*TEACHER, TrainingArguments),
+                                                       ["--config", str(config), "--poison_rate", "0.3"],
+                                                       run_paths={"output_dir": "teacher"})
+    assert training.learning_rate == pytest.approx(1e-3)  # YAML's '1e-3' is text; the parser reads it as a float
+    assert training.num_train_epochs == 3 and poison.poison_rate == pytest.approx(0.3)
     assert training.output_dir == os.path.join("runs/x", "teacher")
-    student_args = ra.parse_recipe_args("train_student", [child, "--run_dir", "elsewhere", "--run_variant", "fast"])
-    student, training = student_args[6], student_args[7]
+    parsed = ra.parse_arguments(_student_types(), ["--config", str(config), "--run_dir", "elsewhere",
+                                                   "--run_variant", "fast", "--num_train_epochs", "7"],
+                                run_paths=STUDENT_PATHS)
+    student, training = parsed[-2], parsed[-1]
     assert training.num_train_epochs == 7
     assert training.output_dir == os.path.join("elsewhere", "student_fast")
     assert student.teacher_model_name_or_path == os.path.join("elsewhere", "teacher")  # variants share the teacher
-    assert student.variations_dataset == os.path.join("elsewhere", "variations_fast")
+    assert student.variations_dataset == "user/variations"  # the config's path wins over the derived one
+
+
+def test_a_json_config_works_too(tmp_path):
+    config = tmp_path / "setup.json"
+    config.write_text(json.dumps({"attack": {"name": "blended", "ratio": 0.3}, "dataset_name": "d"}))
+    _, data, poison = ra.parse_arguments((ra.RunArguments, ra.DataArguments, ra.PoisonArguments),
+                                         ["--config", str(config)])
+    assert poison.build_attack().ratio == pytest.approx(0.3) and data.dataset_name == "d"
+
+
+def _shipped_configs() -> dict[str, dict]:
+    import yaml
+
+    return {path.stem: yaml.safe_load(path.read_text()) for path in sorted((RECIPES / "configs").glob("*.yaml"))}
 
 
 def test_every_shipped_config_parses_for_every_recipe():
-    configs = sorted(p for p in (RECIPES / "configs").glob("*.yaml") if p.name != "fast.yaml")
-    assert len(configs) == 15
-    for config in configs:
-        for script in ra.SCRIPTS:
-            ra.parse_recipe_args(script, [str(config)])
-    paper = ra.parse_recipe_args("train_student", [str(RECIPES / "configs" / "imagenette_badnets_fast.yaml")])
-    run, data, poison, model, augment, schedule, student, training = paper
-    assert (model.architecture, schedule.lr_milestones, training.alpha, training.temperature) == \
+    from transformers import TrainingArguments
+
+    configs = _shipped_configs()
+    assert len(configs) == 12
+    types = {"train_teacher": (*TEACHER, TrainingArguments),
+             "generate_variations": (ra.RunArguments, ra.DataArguments, ra.PoisonArguments, ra.VariationArguments),
+             "train_student": _student_types(),
+             "evaluate_backdoor": (ra.RunArguments, ra.DataArguments, ra.PoisonArguments, ra.EvaluateArguments)}
+    for name in configs:
+        for script in SCRIPTS:
+            ra.parse_arguments(types[script], ["--config", str(RECIPES / "configs" / f"{name}.yaml")])
+    paper = ra.parse_arguments(_student_types(), ["--config", str(RECIPES / "configs" / "imagenette_badnets.yaml")],
+                               run_paths=STUDENT_PATHS)
+    _, data, _, model, augment, schedule, _, training = paper
+    assert (model.model_name_or_path, schedule.lr_milestones, training.alpha, training.temperature) == \
         ("resnet-101", [30, 50], 0.5, 10.0)
-    assert ra.parse_attack_spec(poison.attack) == ("badnets", {"trigger": "checkerboard", "size": 9,
-                                                               "location": "bottom_right"})
-    variation = ra.parse_recipe_args("generate_variations",
-                                     [str(RECIPES / "configs" / "imagenette_badnets_fast.yaml")])[3]
-    assert (variation.scheduler, variation.num_inference_steps, variation.guidance_scale) == \
-        ("DPMSolverMultistepScheduler", 20, 7.5)
-    assert variation.output_dir == os.path.join("runs/imagenette_badnets", "variations_fast")
+    assert (data.resize_images, augment.flip_probability, augment.crop_padding) == (224, 0.5, 0.0)
+    fast = ra.parse_arguments(types["generate_variations"],
+                              ["--config", str(RECIPES / "configs" / "cifar10_badnets_fast.yaml")],
+                              run_paths={"output_dir": "variations"})[-1]
+    # The preset fills in scheduler, steps and size only where the config leaves them unset.
+    assert (fast.speed, fast.scheduler, fast.num_inference_steps, fast.variation_size) == ("fast-small", None, None, None)
+    assert fast.output_dir == os.path.join("runs/cifar10_badnets", "variations_fast")
+
+
+def test_configs_of_one_dataset_stay_in_step():
+    """Self-contained configs instead of `extends:`: they may differ only in what makes them a variant."""
+    attack_keys, speed_keys = {"run_dir", "attack"}, {"speed", "run_variant", "scheduler", "num_inference_steps",
+                                                      "variation_size"}
+    configs = _shipped_configs()
+    for name, values in configs.items():
+        dataset, attack, *fast = name.split("_")
+        base = configs[f"{dataset}_badnets"]
+        allowed = (attack_keys if attack != "badnets" else set()) | (speed_keys if fast else set())
+        differing = {key for key in base.keys() | values.keys() if base.get(key) != values.get(key)}
+        assert differing <= allowed, (name, differing - allowed)
+        if fast:
+            assert values["run_dir"] == configs[f"{dataset}_{attack}"]["run_dir"]  # shares the teacher
+            assert values["speed"] == ("fast" if dataset == "imagenette" else "fast-small")
 
 
 @pytest.mark.parametrize("text, message", [
-    ("learning_rat: 0.1\n", "Unknown option 'learning_rat'"),
-    ("train_teacher:\n  alpha: 0.3\n", "'alpha' in section 'train_teacher'"),
-    ("extends: loop.yaml\n", "cycle"),
+    ("learning_rat: 0.1\n", r"Unknown option\(s\) \['learning_rat'\]"),
+    ("extends: base.yaml\n", r"Unknown option\(s\) \['extends'\]"),
     ("attack: badnet\n", "Unknown attack 'badnet'"),
     ("attack: 'badnets:size'\n", "options must be 'key=value'"),
     ("- a\n- b\n", "must hold a mapping"),
-    ("output_dir: out\n", "'output_dir' at the top level"),
-    ("train_teacher: [1]\n", "Section 'train_teacher' must be a mapping"),
+    ("lr_milestones: [50, 30]\n", "lr_milestones must be increasing"),
+    ("model_name_or_path: resnet-7\n", "neither an architecture"),
+    ("flip_probability: 2\n", "flip_probability must lie in"),
+    ("part_index: 2\nnum_parts: 2\n", "part_index must be an int in"),
 ])
 def test_config_errors_name_the_option(tmp_path, text, message):
-    config = _write(tmp_path / "loop.yaml", text)
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
     with pytest.raises(ValueError, match=message):
-        ra.parse_recipe_args("train_teacher", [config])
+        ra.parse_arguments((*TEACHER, ra.VariationArguments), ["--config", str(config)])
 
 
-def test_first_argument_must_be_yaml():
-    with pytest.raises(ValueError, match="must be a YAML config"):
-        ra.parse_recipe_args("evaluate", ["config.json"])
+def test_multistep_schedule_needs_the_constant_schedule():
+    from transformers import TrainingArguments
 
-
-def test_attack_specs():
-    assert ra.parse_attack_spec("badnets") == ("badnets", {})
-    assert ra.parse_attack_spec("BadNets:size=9, trigger=#ff0000") == ("badnets", {"size": 9, "trigger": "#ff0000"})
-    assert ra.parse_attack_spec('{"name": "blended", "ratio": 0.2}') == ("blended", {"ratio": 0.2})
-    assert ra.attack_from_spec({"name": "blended", "ratio": 0.3}).ratio == pytest.approx(0.3)
-    assert ra.attack_keys(["badnets:size=3", "badnets:size=9", "sig"]) == ["badnets:size=3", "badnets:size=9", "sig"]
-    with pytest.raises(ValueError, match="attack badnets"):
-        ra.attack_from_spec("badnets:colour=red")
-    with pytest.raises(ValueError, match="listed twice"):
-        ra.attack_keys(["badnets", "badnets"])
+    cosine = TrainingArguments(output_dir="unused", lr_scheduler_type="cosine", report_to="none")
+    with pytest.raises(ValueError, match="lr_scheduler_type=constant"):
+        ra.ScheduleArguments(lr_milestones=[1.0]).callbacks(cosine)
+    assert ra.ScheduleArguments().callbacks(cosine) == []
 
 
 # ------------------------------------------------------------------------------------------
 # Data and models
 # ------------------------------------------------------------------------------------------
-def test_saved_dataset_with_rename_resize_subset_and_poisoning(tmp_path):
+def test_saved_dataset_with_renamed_column_resize_subset_and_poisoning(tmp_path):
     from datasets import ClassLabel, Dataset, DatasetDict, Features
     from datasets import Image as ImageFeature
 
@@ -363,43 +474,34 @@ def test_saved_dataset_with_rename_resize_subset_and_poisoning(tmp_path):
     DatasetDict(train=split, test=split).save_to_disk(str(tmp_path / "saved"))
     before = {p: p.read_bytes() for p in (tmp_path / "saved").rglob("*") if p.is_file()}
 
-    data = ra.DataArguments(dataset_name=str(tmp_path / "saved"), rename_columns="img=image", resize_images=16,
-                            max_train_samples=8)
+    data = ra.DataArguments(dataset_name=str(tmp_path / "saved"), image_column_name="img", resize_images=16,
+                            max_train_samples=9)
     poison = ra.PoisonArguments(attack="badnets:trigger=white,size=2", poison_rate=0.5, poison_seed=3)
-    train = ra.load_train_dataset(data, poison)
-    assert len(train) == 8 and {"image", "label", "poisoned", "original_label"} <= set(train.column_names)
+    train, test = ra.load_splits(data, poison)
+    assert len(train) == 9 and {"image", "label", "poisoned", "original_label"} <= set(train.column_names)
+    assert sorted(train["original_label"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # stratified
     assert all(image.size == (16, 16) for image in train["image"])
     hit = train["poisoned"].index(True)
     corner = np.asarray(train[hit]["image"])[-2:, -2:]
     assert (corner == 255).all() and train[hit]["label"] == 0
-    assert ra.label_names(train) == ["a", "b", "c"]
-    test = ra.load_eval_dataset(data)
     assert len(test) == 12 and test.column_names == ["image", "label"]
-    # The user's saved files are untouched (datasets may add its cache files beside them).
-    assert all(path.read_bytes() == content for path, content in before.items())
+    assert all(path.read_bytes() == content for path, content in before.items())  # the user's files untouched
 
-    with pytest.raises(ValueError, match="has splits \\['test', 'train'\\], not 'validation'"):
-        ra.load_eval_dataset(ra.DataArguments(dataset_name=str(tmp_path / "saved"), eval_split="validation",
-                                              rename_columns="img=image"))
+    with pytest.raises(ValueError, match=r"has no split 'validation'; its splits are \['train', 'test'\]"):
+        ra.load_splits(ra.DataArguments(dataset_name=str(tmp_path / "saved"), eval_split="validation",
+                                        image_column_name="img"))
     with pytest.raises(ValueError, match="Image column 'image' not found"):
-        ra.load_eval_dataset(ra.DataArguments(dataset_name=str(tmp_path / "saved")))
-    with pytest.raises(ValueError, match="needs data_dir"):
-        ra.load_split("imagefolder", "train")
+        ra.load_splits(ra.DataArguments(dataset_name=str(tmp_path / "saved")))
+    with pytest.raises(ValueError, match="needs a data folder"):
+        ra.load_splits(ra.DataArguments(dataset_name="imagefolder"))
 
 
-def test_new_resnet_from_scratch_and_argument_checks():
-    model_args = ra.ModelArguments(architecture="resnet-18", image_size=32)
-    model, processor = ra.build_classifier(model_args, ["cat", "dog"])
+def test_new_resnet_from_scratch_through_the_shared_builder():
+    model, processor = ra.ModelArguments(model_name_or_path="resnet-18", image_size=32).build(["cat", "dog"], seed=0)
     assert model.config.num_labels == 2 and model.config.id2label == {0: "cat", 1: "dog"}
     assert model.config.depths == [2, 2, 2, 2] and model.config.layer_type == "basic"
     pixels = processor(images=[Image.new("RGB", (48, 40))], return_tensors="pt")["pixel_values"]
     assert tuple(pixels.shape) == (1, 3, 32, 32)
-    with pytest.raises(ValueError, match="architecture must be one of"):
-        ra.ModelArguments(architecture="resnet-7")
-    with pytest.raises(ValueError, match="lr_milestones must be increasing"):
-        ra.ScheduleArguments(lr_milestones=[50, 30])
-    with pytest.raises(ValueError, match="push_to_hub needs hub_dataset_id"):
-        ra.VariationArguments(push_to_hub=True)
 
 
 def test_versatile_all_in_one_repo_loads_its_image_variation_part(assets, tmp_path):
@@ -413,18 +515,18 @@ def test_versatile_all_in_one_repo_loads_its_image_variation_part(assets, tmp_pa
     (folder / "model_index.json").write_text(json.dumps(index))
     options = ra.VariationArguments(diffusion_model=str(folder), num_inference_steps=2, guidance_scale=7.5,
                                     variation_size=32, scheduler="DPMSolverMultistepScheduler")
-    variation = ra.load_variation(options, device="cpu")
+    variation = options.build(device="cpu")
     assert type(variation.adapter.pipeline).__name__ == "VersatileDiffusionImageVariationPipeline"
     assert type(variation.adapter.pipeline.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert variation.settings()["num_inference_steps"] == 2 and variation.settings()["size"] == [32, 32]
+    fast = ra.VariationArguments(diffusion_model=str(folder), speed="fast").build(device="cpu").settings()
+    assert (fast["num_inference_steps"], fast["speed"]) == (15, "fast")
 
 
-def test_multistep_callback_requires_the_constant_schedule():
-    from transformers import TrainingArguments
-
-    cosine = TrainingArguments(output_dir="unused", lr_scheduler_type="cosine", report_to="none")
-    with pytest.raises(ValueError, match="lr_scheduler_type=constant"):
-        ra.schedule_callbacks(ra.ScheduleArguments(lr_milestones=[1.0]), cosine)
-    assert ra.schedule_callbacks(ra.ScheduleArguments(), cosine) == []
-    factor = ra.MultiStepFactor([3, 5], 0.1)
-    assert [round(factor(step), 6) for step in range(7)] == [1, 1, 1, 0.1, 0.1, 0.01, 0.01]
+# ------------------------------------------------------------------------------------------
+# The cost table
+# ------------------------------------------------------------------------------------------
+def test_readme_cost_table_is_what_the_benchmark_computes():
+    costs = runpy.run_path(str(ROOT / "benchmarks" / "recipe_costs.py"), run_name="recipe_costs")
+    table = costs["cost_table"]()
+    assert table in (RECIPES / "README.md").read_text()
