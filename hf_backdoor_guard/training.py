@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import logging
 import math
-import warnings
 from typing import Any
 
 import torch
@@ -370,7 +369,6 @@ def train_classifier(
     image_column: str = "image",
     label_column: str = "label",
     resume_from_checkpoint: str | bool | None = None,
-    train: bool | None = None,
 ) -> ImageClassifierTrainer:
     """Train ``model`` on ``train_ds`` with the plain ``transformers.Trainer`` and return the trainer.
 
@@ -391,17 +389,10 @@ def train_classifier(
     ``TrainingArguments`` default) a copy with ``False`` is used, since the raw image
     column must reach the transform. ``callbacks`` may include a
     :class:`BackdoorMetricsCallback`, which is bound to the trainer.
-
-    ``train=False`` is deprecated: it returns :func:`build_classifier_trainer`'s result.
     """
     trainer = build_classifier_trainer(
         model, train_ds, args, image_processor, eval_dataset, augment, callbacks, compute_metrics=compute_metrics,
         image_column=image_column, label_column=label_column,
     )
-    if train is not None:
-        warnings.warn("train_classifier(train=...) is deprecated: call build_classifier_trainer(...) for an "
-                      "untrained trainer, train_classifier(...) to train.", FutureWarning, stacklevel=2)
-        if not train:
-            return trainer
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer

@@ -73,9 +73,6 @@ def test_train_classifier_without_training_and_resume(tmp_path):
     untrained = build_classifier_trainer(tiny_vit(seed=0)[0], ds, plain_args(tmp_path / "b", max_steps=4),
                                          processor, augment=False)
     assert isinstance(untrained, ImageClassifierTrainer) and untrained.state.global_step == 0
-    with pytest.warns(FutureWarning, match="build_classifier_trainer"):  # the old spelling, until callers switch
-        assert train_classifier(tiny_vit(seed=0)[0], ds, plain_args(tmp_path / "b", max_steps=4), processor,
-                                train=False).state.global_step == 0
     resumed = train_classifier(tiny_vit(seed=0)[0], ds, plain_args(tmp_path / "c", max_steps=4), processor,
                                augment=False, resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
     for name, value in full.model.state_dict().items():
