@@ -6,6 +6,7 @@
   name, local folder or Hub id);
 * :mod:`.config`: :class:`DefendConfig`, the options of ``backdoor-guard defend``;
 * :mod:`.defend`: :func:`run_defend`, the whole method on a user's dataset;
+* :mod:`.compare`: :func:`run_compare`, the method beside every peer defense (``backdoor-guard compare``);
 * :mod:`.report` and :mod:`.figures`: what a run leaves in its output folder.
 
 Submodules are imported on first use, so ``import hf_backdoor_guard.pipeline`` stays light.
@@ -22,6 +23,7 @@ _EXPORTS = {
     "ARCHITECTURES": "models",
     "DefendConfig": "config",
     "run_defend": "defend",
+    "run_compare": "compare",
     "training_arguments": "stages",
     "data_stage": "stages",
     "teacher_stage": "stages",
