@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 ENTRY_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy", "der", "seconds", "assumes")
 FILES = ("leaderboard.json", "leaderboard.md", "leaderboard.png")
 REFERENCE = "none"
+PANELS_PER_ROW = 4  # --attack all: a grid of panels rather than one very wide row
 
 
 def defense_effectiveness_rating(reference: Mapping, defended: Mapping) -> float:
@@ -131,26 +132,49 @@ def leaderboard_markdown(board: Mapping, figure: str | None = "leaderboard.png",
     return "\n".join(lines) + "\n"
 
 
+def _marker(name: str) -> str:
+    if name == REFERENCE:
+        return "s"
+    if name.startswith("student"):  # the project's own method
+        return "*"
+    return "X" if name.endswith("_tuned") else "o"
+
+
 def scatter_png(board: Mapping) -> bytes:
-    """C-Acc against ASR of every defense, one panel per attack, as PNG bytes (matplotlib, no pyplot state)."""
+    """C-Acc against ASR of every defense, one panel per attack (up to 4 a row), as PNG bytes (no pyplot state).
+
+    Each defense keeps one colour and marker in every panel (square: ``none``; star: the
+    project's students; X: ``*_tuned`` rows) and is named in one legend beside the panels:
+    points of different defenses often coincide (ASR 0), which labels at the points would hide.
+    """
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     check_leaderboard(board)
     singles = _singles(board)
-    figure = Figure(figsize=(4.8 * len(singles), 4.0), layout="constrained")
+    names = list(dict.fromkeys(name for single in singles for name in single["defenses"]))
+    palette = colormaps["tab20"]
+    colour = {name: palette(index % 20) for index, name in enumerate(names)}
+    columns = min(len(singles), PANELS_PER_ROW)
+    rows = math.ceil(len(singles) / columns)
+    figure = Figure(figsize=(4.2 * columns + 2.6, 4.0 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(singles), squeeze=False)[0]
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(singles):]:
+        ax.set_visible(False)
+    handles = {}
     for ax, single in zip(axes, singles):
         for name, entry in single["defenses"].items():
-            x, y = entry["attack_success_rate"], entry["clean_accuracy"]
-            ax.scatter([x], [y], s=36, marker="s" if name == REFERENCE else "o", zorder=3)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xlim(-0.05, 1.25)  # room for the names of points near ASR 1
+            handles[name] = ax.scatter([entry["attack_success_rate"]], [entry["clean_accuracy"]], label=name,
+                                       s=90 if name.startswith("student") else 45, marker=_marker(name),
+                                       color=colour[name], edgecolors="black", linewidths=0.5, alpha=0.85, zorder=3)
+        ax.set_xlim(-0.05, 1.05)
         ax.set_xlabel("attack success rate (ASR, lower is better)")
         ax.set_ylabel("clean accuracy (C-Acc)")
         ax.set_title(f"{single['attack']}, seed {single['seed']}")
         ax.grid(True, alpha=0.3)
+    figure.legend([handles[name] for name in names], names, loc="outside right center", fontsize=8, frameon=False)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     return buffer.getvalue()
