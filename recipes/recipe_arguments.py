@@ -322,6 +322,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     unknown = sorted(set(values) - _all_options())
     if unknown:
         raise ValueError(f"Unknown option(s) {unknown} in {path}: no recipe takes them (a typo?).")
+    if "output_dir" in values:  # teacher, variations and student would all write to (and resume from) one folder
+        raise ValueError(f"output_dir in {path} would be the folder of every script; leave it to run_dir, or pass "
+                         "--output_dir to one script.")
     return values
 
 

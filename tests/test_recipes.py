@@ -443,6 +443,7 @@ def test_configs_of_one_dataset_stay_in_step():
     ("model_name_or_path: resnet-7\n", "neither an architecture"),
     ("flip_probability: 2\n", "flip_probability must lie in"),
     ("part_index: 2\nnum_parts: 2\n", "part_index must be an int in"),
+    ("output_dir: out\n", "output_dir in .* would be the folder of every script"),
 ])
 def test_config_errors_name_the_option(tmp_path, text, message):
     config = tmp_path / "bad.yaml"
