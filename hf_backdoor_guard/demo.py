@@ -38,6 +38,7 @@ MODEL_NAMES = ("teacher", "student", "student_cleaned", "variations_ce")
 REPORT_FILES = ("metrics.json", "report.md", "samples.png", "metrics.png", "suspicion.png", "gallery.png")
 SUMMARY_FILES = ("summary.json", "report.md", "metrics.png")
 TARGET_LABEL = 0
+EMBEDDED_DATA_NAME = "scikit-learn digits 16x16 (split seed 0)"
 
 
 @dataclass
@@ -76,9 +77,9 @@ def build_classifier(num_labels: int = 10, seed: int = 0, width: int = 32, image
     return _build_classifier("small-resnet", num_labels, seed=seed, width=width, image_size=2 * image_size)
 
 
-def _config(attack: str, output_dir: Path, seed: int, settings: DemoSettings, push_to_hub: str | None,
-            overwrite: bool):
-    """The ``DefendConfig`` of one demo run (every option checked here, before any work)."""
+def demo_config(attack: str, output_dir: Path, seed: int, settings: DemoSettings, push_to_hub: str | None = None,
+                overwrite: bool = False):
+    """The ``DefendConfig`` of one demo run (every option checked here, before any work); ``compare`` uses it too."""
     from .pipeline.config import EMBEDDED, DefendConfig
 
     return DefendConfig(
@@ -93,15 +94,16 @@ def _config(attack: str, output_dir: Path, seed: int, settings: DemoSettings, pu
     )
 
 
-def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSettings,
-               push_to_hub: str | None = None, overwrite: bool = False) -> dict:
-    """One attack end to end; writes the report files into ``output_dir`` and returns the metrics."""
+def run_embedded(config, attack_name: str, seed: int, *, owner: str, report_title: str):
+    """``run_defend`` on the embedded benchmark: digits, the attack's embedded setting, the embedded diffusion model.
+
+    Returns ``(result, attack, pretrain)``: ``run_defend``'s result, the attack it planted, and the clean
+    pretraining split (``compare`` draws the peer defenses' clean subset from it).
+    """
     from .data import load_digits_dataset
     from .embedded.attacks import embedded_attack
-    from .pipeline.defend import OUTPUT_NAMES, check_output_names, run_defend
+    from .pipeline.defend import run_defend
 
-    config = _config(attack_name, output_dir, seed, settings, push_to_hub, overwrite)
-    check_output_names(output_dir, OUTPUT_NAMES, OWNER)
     # The split seed stays 0: the embedded diffusion model was pretrained on that split's
     # "pretrain" rows, and only those; the run's seed varies everything else.
     data = load_digits_dataset(seed=0)
@@ -109,8 +111,19 @@ def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSett
     config.poison_rate = poison_kwargs.get("rate", config.poison_rate)
     logger.info("[%s] digits, %r, %s", attack_name, attack, poison_kwargs)
     result = run_defend(config, train=data["train"], eval_ds=data["test"], attack=attack, poison_kwargs=poison_kwargs,
-                        data_settings={"dataset": "scikit-learn digits 16x16 (split seed 0)"}, owner=OWNER,
-                        report_title=f"backdoor-guard demo: {attack_name} (seed {seed})")
+                        data_settings={"dataset": EMBEDDED_DATA_NAME}, owner=owner, report_title=report_title)
+    return result, attack, data["pretrain"]
+
+
+def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSettings,
+               push_to_hub: str | None = None, overwrite: bool = False) -> dict:
+    """One attack end to end; writes the report files into ``output_dir`` and returns the metrics."""
+    from .pipeline.defend import OUTPUT_NAMES, check_output_names
+
+    config = demo_config(attack_name, output_dir, seed, settings, push_to_hub, overwrite)
+    check_output_names(output_dir, OUTPUT_NAMES, OWNER)
+    result, _, _ = run_embedded(config, attack_name, seed, owner=OWNER,
+                                report_title=f"backdoor-guard demo: {attack_name} (seed {seed})")
     if result:
         result["settings"] = asdict(settings)
         write_json_atomic(output_dir / "metrics.json", result)
@@ -129,7 +142,7 @@ def _check_args(attack: str, seed: int, settings: DemoSettings, output_dir: Path
         raise ValueError("push_to_hub publishes one student: choose one attack, not 'all'.")
     chosen = list(names) if attack == "all" else [attack]
     for name in chosen:  # DefendConfig checks every option
-        _config(name, output_dir / name if attack == "all" else output_dir, seed, settings, push_to_hub, overwrite)
+        demo_config(name, output_dir / name if attack == "all" else output_dir, seed, settings, push_to_hub, overwrite)
     from .pipeline.defend import OUTPUT_NAMES, check_output_names
 
     if attack == "all":

@@ -23,7 +23,6 @@ from .leaderboard import defense_effectiveness_rating
 
 logger = logging.getLogger(__name__)
 
-METRIC_KEYS = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
 TUNED_SUFFIX = "_tuned"
 
 # Options for the embedded digits benchmark where the paper's settings, scaled to its 12-epoch
@@ -49,7 +48,7 @@ def evaluate_defense(model, test_ds, attack, target_label: int = 0, image_proces
     :class:`~hf_backdoor_guard.PurifiedClassifier` are scored with the same metric functions.
     """
     from ..evaluation import evaluate_backdoor
-    from ..metrics import attack_success_rate, clean_accuracy, robust_accuracy
+    from ..metrics import BackdoorPredictions, backdoor_metrics
     from ..poisoning import triggered_testset
     from ..validation import check_dataset
 
@@ -65,12 +64,9 @@ def evaluate_defense(model, test_ds, attack, target_label: int = 0, image_proces
         triggered_ds = triggered_testset(test_ds, attack, target_label, image_column, label_column)
     clean_predictions = model.predict_logits(test_ds, progress=False).argmax(axis=1)
     triggered_predictions = model.predict_logits(triggered_ds, progress=False).argmax(axis=1)
-    original = triggered_ds["original_label"]
-    return {
-        "clean_accuracy": clean_accuracy(clean_predictions, test_ds[label_column]),
-        "attack_success_rate": attack_success_rate(triggered_predictions, target_label, original),
-        "robust_accuracy": robust_accuracy(triggered_predictions, original, target_label),
-    }
+    measured = BackdoorPredictions(clean_predictions, np.asarray(test_ds[label_column]), triggered_predictions,
+                                   np.asarray(triggered_ds["original_label"]), target_label)
+    return {metric.name: metric.compute(measured) for metric in backdoor_metrics()}
 
 
 def detection_record(result: DefenseResult, train) -> dict | None:
@@ -130,7 +126,7 @@ def measure_defense(defense, poisoned_train, test_ds, attack, *, reference: dict
     metrics = evaluate_defense(result.model, test_ds, attack, target_label, image_processor,
                                triggered_ds=triggered_ds, image_column=image_column, label_column=label_column)
     seconds = result.seconds + (time.perf_counter() - started)
-    record: dict[str, Any] = {key: round(float(metrics[key]), 4) for key in METRIC_KEYS}
+    record: dict[str, Any] = {key: round(float(value), 4) for key, value in metrics.items()}
     record["der"] = round(defense_effectiveness_rating(reference or record, record), 4)
     record["seconds"] = round(seconds, 1)
     record["assumes"] = result.assumes

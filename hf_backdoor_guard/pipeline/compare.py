@@ -60,7 +60,6 @@ DEFENSES_DIR = "defenses"
 REFERENCE = "none"
 METHOD_ROWS = ("student", "student_cleaned")
 CLEAN_SHARE = 0.05  # BackdoorBench's clean subset: 5% of the training size
-DATA_NAME = "scikit-learn digits 16x16 (split seed 0)"
 LEADERBOARD_FILES = ("leaderboard.json", "leaderboard.md", "leaderboard.png")
 SINGLE_OUTPUTS = (*LEADERBOARD_FILES, METHOD_DIR, DEFENSES_DIR)
 
@@ -154,9 +153,9 @@ def _settings(settings: dict):
 
 def _method_config(attack: str, folder: Path, seed: int, settings, overwrite: bool = False):
     """The demo's ``DefendConfig`` for ``attack`` (checked on construction), without ``variations_ce``."""
-    from ..demo import _config
+    from ..demo import demo_config
 
-    config = _config(attack, folder / METHOD_DIR, seed, settings, None, overwrite)
+    config = demo_config(attack, folder / METHOD_DIR, seed, settings, overwrite=overwrite)
     config.baselines = False  # compare's baselines are the peer defenses
     return config
 
@@ -268,27 +267,20 @@ def run_compare(attack: str = "badnets", seed: int = 0, output_dir: str | os.Pat
 def compare_attack(attack_name: str, folder: Path, seed: int, settings, rows: Sequence[str],
                    report: Callable[[str], None]) -> dict:
     """One attack: the method (``none``, our students), then every peer-defense row; writes ``folder/leaderboard.*``."""
-    from ..data import load_digits_dataset
     from ..defenses.compare import progress_line
     from ..defenses.leaderboard import defense_effectiveness_rating, leaderboard_entry, write_leaderboard
-    from ..embedded.attacks import embedded_attack
-    from .defend import run_defend
+    from ..demo import run_embedded
 
     total = 1 + len(METHOD_ROWS) + len(rows)
     config = _method_config(attack_name, folder, seed, settings)
-    # The split seed stays 0 (as in the demo): the embedded diffusion model was trained on its pretrain rows.
-    data = load_digits_dataset(seed=0)
-    attack, poison_kwargs = embedded_attack(attack_name, seed=seed, clean_data=data["pretrain"])
-    config.poison_rate = poison_kwargs.get("rate", config.poison_rate)
-    method = run_defend(config, train=data["train"], eval_ds=data["test"], attack=attack, poison_kwargs=poison_kwargs,
-                        data_settings={"dataset": DATA_NAME}, owner=OWNER,
-                        report_title=f"backdoor-guard compare, the method: {attack_name} (seed {seed})")
+    method, attack, pretrain = run_embedded(config, attack_name, seed, owner=OWNER,
+                                            report_title=f"backdoor-guard compare, the method: {attack_name} (seed {seed})")
     records = method_records(method)
     for number, name in enumerate(records, 1):
         records[name]["der"] = round(defense_effectiveness_rating(records[REFERENCE], records[name]), 4)
         report(progress_line(number, total, name, records[name]))
     if rows:
-        baselines = PeerDefenses(folder, config, attack, data["pretrain"], records[REFERENCE])
+        baselines = PeerDefenses(folder, config, attack, pretrain, records[REFERENCE])
         for number, name in enumerate(rows, 1 + len(records)):
             record, cached = baselines.run(name)
             records[name] = record
@@ -327,9 +319,9 @@ def method_records(method: dict) -> dict[str, dict]:
 
 
 def _method_record(metrics: dict, seconds: float, assumes: Assumptions, options: dict, info: dict) -> dict:
-    from ..defenses.compare import METRIC_KEYS
+    from ..metrics import backdoor_metrics
 
-    return {**{key: metrics[key] for key in METRIC_KEYS}, "der": 0.5, "seconds": round(seconds, 1),
+    return {**{m.name: metrics[m.name] for m in backdoor_metrics()}, "der": 0.5, "seconds": round(seconds, 1),
             "assumes": assumes.to_dict(), "options": options, "info": info}
 
 
@@ -384,9 +376,9 @@ class PeerDefenses:
         return build_classifier(config.model, label_names=self.label_names, seed=config.seed, **options)[0]
 
     def _variation(self):
-        from .defend import _variation_factory
+        from .defend import variation_factory
 
-        return _variation_factory(self.config, "cpu")()
+        return variation_factory(self.config, "cpu")()
 
     def run(self, name: str) -> tuple[dict, bool]:
         """``(record, finished earlier)`` of row ``name`` of :func:`~hf_backdoor_guard.defenses.defense_variants`."""

@@ -137,7 +137,7 @@ def _claimed(output_dir: Path, owner: str, overwrite: bool, is_main: bool):
         yield
 
 
-def _variation_factory(config: DefendConfig, device: str):
+def variation_factory(config: DefendConfig, device: str):
     def build():
         import torch
 
@@ -206,7 +206,7 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
         teacher, processor = stages.teacher_stage(run, train, settings=plan["teacher"], training_args=teacher_args,
                                                   seed=config.seed, augment=config.augment, **classifier)
         variations = stages.variations_stage(
-            run, train, settings=plan["variations"], variation=_variation_factory(config, device),
+            run, train, settings=plan["variations"], variation=variation_factory(config, device),
             batch_size=max(1, config.variation_batch_size // nv), shard_size=config.variation_shard_size)
         teacher.to(device)
         detection = stages.detection_stage(
