@@ -19,6 +19,7 @@ SMALL = {
     "ftrojan": {"window_size": 4, "positions": [[1, 1], [3, 3]], "magnitude": 60.0},
     "bpp": {"squeeze_num": 4},
     "adaptive_blend": {"pieces": 4},
+    "adaptive_patch": {},
 }
 MODES = ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1", "RGB"]
 

@@ -17,6 +17,7 @@ from .label_consistent import LabelConsistent
 from .frequency import FTrojan
 from .quantisation import BppAttack
 from .adaptive import AdaptiveBlend
+from .adaptive_patch import AdaptivePatch
 
 
 def attack_from_name(name: str, **options) -> Attack:
@@ -25,4 +26,4 @@ def attack_from_name(name: str, **options) -> Attack:
 
 
 __all__ = ["ATTACKS", "Attack", "BadNets", "Blended", "WaNet", "SIG", "LabelConsistent", "FTrojan", "BppAttack",
-           "AdaptiveBlend", "attack_from_name"]
+           "AdaptiveBlend", "AdaptivePatch", "attack_from_name"]

@@ -83,6 +83,15 @@ EMBEDDED_ATTACKS: dict[str, BenchmarkAttack] = {
         why="digits are nearly black-and-white, so squeezing to the paper's 8 levels changes only stroke edges "
             "(ASR 0.71-0.89); 4 levels (2 bits per channel, dithered) plants it (ASR >= 0.997)",
     ),
+    "adaptive_patch": BenchmarkAttack(
+        options={"size": 5, "cover_ratio": 1.0, "test_patches": [0, 1, 2, 3]},
+        why="3 px patches at the paper's opacities (0.5/0.2/0.5/0.3) with 2 cover rows per poisoned row are "
+            "never learned on digits (ASR 0.06-0.29, C-Acc -0.02 to -0.03): 5 px patches (the paper's triggers "
+            "are small pictures, not a fixed size), one cover row per poisoned row (the ratio of its "
+            "Adaptive-Blend) and all four patches at full opacity at test time (the attacker picks the test "
+            "trigger; the paper shows two) plant it (ASR 1.000, C-Acc within 0.010); with 2 cover rows "
+            "C-Acc drops 0.023 at seed 0",
+    ),
 }
 
 _SURROGATES: dict[tuple, tuple] = {}  # (data, seed, epochs, epsilon) -> (model, processor), trained once per process
