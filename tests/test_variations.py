@@ -398,7 +398,7 @@ def test_prior_rule_on_pipeline_objects():
 
 # --- the one private library call, guarded --------------------------------------------------
 def test_private_datasets_hook_of_register_for_hashing_still_exists():
-    """variations.core._register_for_hashing uses datasets.utils._dill.pklregister (no public hook exists)."""
+    """variations.fingerprint._register_for_hashing uses datasets.utils._dill.pklregister (no public hook exists)."""
     try:
         from datasets.utils._dill import Pickler, pklregister  # noqa: F401
     except ImportError as error:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,11 @@ import torch
 from PIL import Image
 
 from ..images import load_rgb
-from ..validation import check_image_column, check_int, check_number, check_seed
-from .adapters import Adapter, Settings, adapter_for, adapter_for_pipeline, clean_config, quiet_progress_bars
+from ..validation import check_image_column, check_int
+from .adapters import Adapter, Settings, adapter_for, adapter_for_pipeline, quiet_progress_bars
 from .color import lab_stats, match_lab_stats
+from .fingerprint import _register_for_hashing, digest_components
+from .options import GENERIC_OPTIONS, check_device, check_generic_options, resolve_dtype, resolve_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -41,121 +42,6 @@ def variation_seed(seed: int, row: int, variation: int) -> int:
     """Seed of one output image: a hash of (seed, row, variation), stable across platforms and runs."""
     digest = hashlib.blake2b(f"{seed}/{row}/{variation}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-_GENERIC_OPTIONS = ("num_variations", "num_inference_steps", "guidance_scale", "strength", "eta", "seed",
-                    "pipeline_kwargs", "prior_kwargs", "channels_last", "torch_compile")
-
-
-def _check_generic_options(num_variations=1, num_inference_steps=None, guidance_scale=None, strength=None, eta=None,
-                           seed=42, pipeline_kwargs=None, prior_kwargs=None, channels_last=None,
-                           torch_compile=None) -> None:
-    """The checks that need no pipeline, so from_pretrained can run them before loading weights.
-
-    Every float must be finite: a NaN compares False with every bound and would reach the
-    scheduler silently (all-NaN images).
-    """
-    check_int("num_variations", num_variations)
-    if num_inference_steps is not None:
-        check_int("num_inference_steps", num_inference_steps)
-    if guidance_scale is not None:
-        check_number("guidance_scale", guidance_scale, 0.0, None)
-    if strength is not None:
-        check_number("strength", strength, 0.0, 1.0, low_inclusive=False)
-    if eta is not None:
-        check_number("eta", eta, 0.0, None)
-    check_seed("seed", seed)
-    for name, kwargs in (("pipeline_kwargs", pipeline_kwargs), ("prior_kwargs", prior_kwargs)):
-        if kwargs is None:
-            continue
-        if not isinstance(kwargs, dict):
-            raise ValueError(f"{name} must be a dict of keyword arguments, got {kwargs!r}.")
-        for key, value in kwargs.items():
-            if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
-                check_number(f"{name}[{key!r}]", value)
-    prior_kwargs = prior_kwargs or {}
-    if "strength" in prior_kwargs:
-        check_number("prior_kwargs['strength']", prior_kwargs["strength"], 0.0, 1.0, low_inclusive=False)
-    if "num_inference_steps" in prior_kwargs:
-        check_int("prior_kwargs['num_inference_steps']", prior_kwargs["num_inference_steps"])
-    for name, flag in (("channels_last", channels_last), ("torch_compile", torch_compile)):
-        if flag is not None and not isinstance(flag, bool):
-            raise ValueError(f"{name} must be True or False, got {flag!r}.")
-
-
-def _available_devices() -> list[str]:
-    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
-    count = torch.accelerator.device_count() if accelerator is not None else 0
-    return ["cpu"] + [f"{accelerator.type}:{index}" for index in range(count)]
-
-
-def _check_device(device) -> torch.device | None:
-    """``device`` parsed, and present on this machine: fails before any weight is loaded."""
-    if device is None:
-        return None
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as error:
-        raise ValueError(f"device={device!r} is not a torch device ({error}); available: {_available_devices()}.") \
-            from None
-    available = _available_devices()
-    if parsed.type != "cpu" and str(parsed if parsed.index is not None else f"{parsed.type}:0") not in available:
-        raise ValueError(f"device={device!r} is not available on this machine; available: {available}.")
-    return parsed
-
-
-def _resolve_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if isinstance(dtype, str) and isinstance(getattr(torch, dtype.replace("torch.", ""), None), torch.dtype):
-        return getattr(torch, dtype.replace("torch.", ""))
-    raise ValueError(f"dtype must be a torch.dtype or its name (e.g. 'float16'), got {dtype!r}.")
-
-
-def _resolve_scheduler(scheduler):
-    import diffusers
-
-    if scheduler is None or isinstance(scheduler, type):
-        return scheduler
-    if isinstance(scheduler, str):
-        found = getattr(diffusers, scheduler, None)
-        if isinstance(found, type) and hasattr(found, "from_config"):
-            return found
-        raise ValueError(f"scheduler={scheduler!r} is not a diffusers scheduler class name.")
-    if hasattr(scheduler, "config") and hasattr(type(scheduler), "from_config"):
-        return type(scheduler)
-    raise ValueError(f"scheduler must be a diffusers scheduler class, instance or class name, got {scheduler!r}.")
-
-
-def _digest_components(pipelines: list, digest) -> None:
-    """Feed every weight, config and processor of the pipelines to ``digest``.
-
-    Tensors are hashed byte for byte (straight from memory, no pickling), so the digest
-    changes whenever a weight or its dtype does, and costs one read of the weights.
-    """
-    from datasets.fingerprint import Hasher
-
-    for pipe in pipelines:
-        digest.update(type(pipe).__name__.encode())
-        for name, component in sorted(pipe.components.items()):
-            digest.update(f"|{name}:{type(component).__name__}|".encode())
-            if isinstance(component, torch.nn.Module):
-                for key, tensor in component.state_dict().items():
-                    flat = tensor.detach().reshape(-1).contiguous().cpu()
-                    digest.update(f"{key}{flat.dtype}{tuple(tensor.shape)}".encode())
-                    digest.update(flat.view(torch.uint8).numpy().data)
-            elif component is not None and hasattr(component, "config"):
-                digest.update(json.dumps(clean_config(component.config), sort_keys=True, default=str).encode())
-            elif hasattr(component, "get_vocab"):  # tokenizer: what it maps text to
-                described = {"vocab": component.get_vocab(), "special": component.all_special_tokens,
-                             "max_length": component.model_max_length}
-                digest.update(json.dumps(described, sort_keys=True).encode())
-            elif hasattr(component, "to_dict"):  # image processor
-                described = {k: v for k, v in component.to_dict().items()
-                             if not k.startswith("_") and k not in ("processor_class", "name_or_path")}
-                digest.update(json.dumps(described, sort_keys=True, default=str).encode())
-            elif component is not None:
-                digest.update(Hasher.hash(component).encode())
 
 
 class ImageVariation:
@@ -201,15 +87,15 @@ class ImageVariation:
                  dtype=None, device=None, image_column: str = "image", pipeline_kwargs: dict | None = None,
                  prior_kwargs: dict | None = None, speed: str | None = None, channels_last: bool | None = None,
                  torch_compile: bool | None = None):
-        device = _check_device(device)
+        device = check_device(device)
         adapter_cls = adapter_for_pipeline(pipeline)
         preset = adapter_cls.speed_preset(speed)
         size_scale = preset.pop("size_scale", None)
         given = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, strength=strength,
                      eta=eta, scheduler=scheduler, size=size, channels_last=channels_last, torch_compile=torch_compile)
         chosen = {**given, **{key: value for key, value in preset.items() if given[key] is None}}  # explicit wins
-        _check_generic_options(num_variations=num_variations, seed=seed, pipeline_kwargs=pipeline_kwargs,
-                               prior_kwargs=prior_kwargs, **{key: chosen[key] for key in _GENERIC_OPTIONS
+        check_generic_options(num_variations=num_variations, seed=seed, pipeline_kwargs=pipeline_kwargs,
+                               prior_kwargs=prior_kwargs, **{key: chosen[key] for key in GENERIC_OPTIONS
                                                              if key in chosen})
         self.adapter: Adapter = adapter_cls(pipeline, prior)
         self.speed = speed
@@ -231,10 +117,10 @@ class ImageVariation:
         if keep_source is True:
             keep_source = "source_image"
         self.source_column: str | None = keep_source or None
-        self.dtype = _resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype)
         self.size = None
         self._fingerprint: str | None = None
-        scheduler_cls = _resolve_scheduler(chosen["scheduler"])
+        scheduler_cls = resolve_scheduler(chosen["scheduler"])
         if scheduler_cls is not None:  # first: whether eta applies depends on it
             self.adapter.set_scheduler(scheduler_cls)
         self._validate()
@@ -257,11 +143,11 @@ class ImageVariation:
         ``ImageVariation``'s keyword arguments. Everything that can be checked without the
         weights (options, device, family, prior, speed preset) is checked before they load.
         """
-        dtype = _resolve_dtype(dtype)
-        device = _check_device(device)
+        dtype = resolve_dtype(dtype)
+        device = check_device(device)
         if not isinstance(trust_remote_code, bool):
             raise ValueError(f"trust_remote_code must be True or False, got {trust_remote_code!r}.")
-        _check_generic_options(**{key: options[key] for key in _GENERIC_OPTIONS if key in options})
+        check_generic_options(**{key: options[key] for key in GENERIC_OPTIONS if key in options})
         class_name = pipeline_class_name(repo_or_path, revision)
         adapter_cls = adapter_for((class_name,), source=f"{repo_or_path}/model_index.json")
         adapter_cls.speed_preset(options.get("speed"))
@@ -369,8 +255,8 @@ class ImageVariation:
     # --- state -------------------------------------------------------------------------
     def to(self, device=None, dtype=None) -> ImageVariation:
         """Move the pipeline(s) in place; the fingerprint follows the new dtype."""
-        dtype = _resolve_dtype(dtype)
-        device = _check_device(device)
+        dtype = resolve_dtype(dtype)
+        device = check_device(device)
         for pipe in self.adapter.pipelines:
             models = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
             # Casting models that already have the dtype only earns diffusers' "cast with to()" warning
@@ -434,7 +320,7 @@ class ImageVariation:
 
             digest = xxhash.xxh3_128()
             digest.update(json.dumps(self.settings(), sort_keys=True, default=str).encode())
-            _digest_components(self.adapter.pipelines, digest)
+            digest_components(self.adapter.pipelines, digest)
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -552,36 +438,6 @@ def pipeline_class_name(repo_or_path, revision: str | None) -> str:
     except (ValueError, KeyError) as error:
         raise ValueError(f"{index} is not a valid model_index.json (no _class_name).") from error
     return class_name
-
-
-def _register_for_hashing(cls) -> None:
-    """Make ``datasets``' hasher see an ImageVariation as its fingerprint string.
-
-    The one private datasets call of the package, kept on purpose. ``Dataset.map`` hashes its
-    function by pickling it with datasets' own pickler; for an ImageVariation that means the
-    whole pipeline (gigabytes for Stable Diffusion, 0.5 s for a tiny one) on every ``map``
-    call, and a hash that differs between two identical builds, so the map cache never hits.
-    datasets has no public hook for this: ``__reduce__``/``__getstate__`` would also change
-    what ``num_proc`` workers receive, and ``map(new_fingerprint=...)`` relies on every
-    caller passing it. Only datasets' hashing pickler is affected (not ``pickle``, not
-    ``multiprocess``). tests/test_variations.py fails, naming this function, if an upgrade
-    removes ``pklregister``; until then a warning says hashing fell back to the slow default.
-    """
-    try:
-        from datasets.utils._dill import pklregister
-    except ImportError as error:
-        logger.warning("variations.core._register_for_hashing: datasets has no utils._dill.pklregister (%s); "
-                       "Dataset.map will hash ImageVariation by pickling its whole pipeline (slow, uncached). "
-                       "Pass map(new_fingerprint=variation.fingerprint) to avoid it.", error)
-        return
-
-    @pklregister(cls)
-    def _save(pickler, obj):
-        pickler.save_reduce(_FingerprintToken, (obj.fingerprint,), obj=obj)
-
-
-class _FingerprintToken(str):
-    """Stands for an ImageVariation in datasets' fingerprint pickles (never unpickled into one)."""
 
 
 _register_for_hashing(ImageVariation)
