@@ -1,4 +1,4 @@
-"""The recipes' argument dataclasses, their ``--config`` parser and the data loading the scripts share.
+"""The recipes' argument dataclasses, their ``--config`` parser, the data loading and the run folder they share.
 
 Every field is a command-line flag (``--num_train_epochs 1``) and a key of a YAML or JSON
 config. One config describes a whole setup and every script reads it: each takes the keys
@@ -10,7 +10,9 @@ not pass silently). Flags override the config::
 Everything a run writes lives under ``run_dir`` unless a path is given: ``teacher/``,
 ``variations/``, ``student/`` and ``*_metrics.json``. ``run_variant: fast`` puts the
 variations and the student in ``variations_fast/`` and ``student_fast/`` and keeps the
-teacher shared.
+teacher shared. Each script runs one stage of :mod:`hf_backdoor_guard.pipeline.stages`
+in the folder holding its output (:func:`run_folder`), whose ``stages.json`` records the
+options that decided each output (:func:`stage_settings`).
 
 The scripts import this module by name: Python puts a script's own folder first on
 ``sys.path``, so ``python recipes/x.py`` (or ``accelerate launch recipes/x.py``) finds it.
@@ -18,7 +20,6 @@ The scripts import this module by name: Python puts a script's own folder first 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -59,8 +60,10 @@ class RunArguments:
                          "unless their paths are given.", "runs/backdoor-guard")
     run_variant: str | None = _help("A variant of the run that shares its teacher: its variations and student go to "
                                     "RUN_DIR/variations_VARIANT and RUN_DIR/student_VARIANT (the fast configs: fast).")
-    resume: bool = _help("Training: continue from the last complete checkpoint in output_dir when there is one "
-                         "(--no_resume starts over).", True)
+    resume: bool = _help("Training: continue an unfinished run from its last complete checkpoint "
+                         "(OUTPUT_DIR-checkpoints; --no_resume starts over).", True)
+    overwrite: bool = _help("Replace this script's earlier output (made with other options) instead of refusing: "
+                            "removes only that output, its checkpoints and its record in stages.json.", False)
     verbosity: str = _help("Log level of the recipe and the package on the main process: debug, info, warning.",
                            "info")
 
@@ -151,18 +154,17 @@ class ModelArguments:
 
         model_source(self.model_name_or_path)  # an architecture, a folder or a Hub id, or a ValueError
 
-    def build(self, label_names: list[str], seed: int):
-        """``(model, image_processor)`` for ``label_names`` (the one builder of demo, defend and recipes)."""
-        from hf_backdoor_guard.pipeline import build_classifier
-
+    def classifier(self) -> dict:
+        """``model`` and the options of ``build_classifier`` (the one builder of demo, defend and recipes),
+        as the training stages take them."""
         options = {name: getattr(self, name) for name in ("image_size", "image_mean", "image_std")
                    if getattr(self, name) is not None}
-        return build_classifier(self.model_name_or_path, label_names=label_names, seed=seed, **options)
+        return {"model": self.model_name_or_path, **options}
 
 
 @dataclass
 class AugmentArguments:
-    """Random augmentation of training images: the teacher always, the student with ``augment``."""
+    """Random augmentation of training images: the teacher always, the student with ``--augment``."""
 
     flip_probability: float = _help("Chance of a random horizontal flip (0: off).", 0.5)
     crop_padding: float = _help("Random crop after padding each side by this fraction of the side (0.125 = 4 px on "
@@ -171,15 +173,6 @@ class AugmentArguments:
     def __post_init__(self):
         check_fraction("flip_probability", self.flip_probability)
         check_number("crop_padding", self.crop_padding, 0.0, 1.0, high_inclusive=False)
-
-    def transform(self, image_processor, *, enabled: bool = True, teacher_image_processor=None):
-        """The training ``ImageClassificationTransform``: this flip and crop (none unless ``enabled``)."""
-        from hf_backdoor_guard.transforms import ImageClassificationTransform
-
-        active = enabled and (self.flip_probability > 0 or self.crop_padding > 0)
-        return ImageClassificationTransform(image_processor, augment=active, flip_probability=self.flip_probability,
-                                            crop_padding=self.crop_padding,
-                                            teacher_image_processor=teacher_image_processor)
 
 
 @dataclass
@@ -325,6 +318,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if "output_dir" in values:  # teacher, variations and student would all write to (and resume from) one folder
         raise ValueError(f"output_dir in {path} would be the folder of every script; leave it to run_dir, or pass "
                          "--output_dir to one script.")
+    if values.get("overwrite"):  # every script would replace its output at every run
+        raise ValueError(f"overwrite in {path} would replace every script's output at each run; pass --overwrite "
+                         "to the one script whose output should be made again.")
     return values
 
 
@@ -381,45 +377,41 @@ def save_arguments(output_dir: str | os.PathLike, script: str, *args) -> Path:
     return write_text_atomic(Path(output_dir) / "recipe_config.yaml", text)
 
 
-def train_save_evaluate(trainer, run: RunArguments, training_args) -> dict[str, float]:
-    """Train (from the last complete checkpoint in ``output_dir`` when ``run.resume``), save the model with its
-    image processor, the metrics and the trainer state, then evaluate; returns the evaluation metrics."""
-    from hf_backdoor_guard.checkpoints import last_complete_checkpoint
+# --------------------------------------------------------------------------------------
+# The run folder: one stage per script
+# --------------------------------------------------------------------------------------
+# Options that do not change what a stage makes (paths, logging, resuming, speed): not in its recorded settings.
+NOT_SETTINGS = {"run_dir", "run_variant", "resume", "overwrite", "verbosity", "output_dir", "overlap", "hub_private",
+                "metrics_file", "eval_batch_size"}
 
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and run.resume:
-        checkpoint = last_complete_checkpoint(training_args.output_dir)
-        if checkpoint:
-            logger.info("Resuming from %s (--no_resume starts over)", checkpoint)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_state()
-    if trainer.eval_dataset is None:
-        return {}
-    metrics = trainer.evaluate()
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
-    return metrics
+
+def stage_settings(*args, training_args=None, **extra) -> dict[str, Any]:
+    """The options of the dataclasses ``args`` that decide a stage's output, those of ``training_args``
+    (:func:`~hf_backdoor_guard.pipeline.training_settings`) and ``extra``."""
+    from hf_backdoor_guard.pipeline import training_settings
+
+    values = {f.name: getattr(item, f.name) for item in args for f in dataclasses.fields(item)
+              if f.init and f.name not in NOT_SETTINGS}
+    return {**values, **(training_settings(training_args) if training_args is not None else {}), **extra}
+
+
+def run_folder(output: str | os.PathLike, run: RunArguments, option: str = "--output_dir", stage: str | None = None):
+    """``(RunFolder, stage name)`` of a script's ``output``: the folder holding it, and the output's name
+    (or ``stage``). With ``run.overwrite`` the stage's earlier output, checkpoints and record go first."""
+    from hf_backdoor_guard.pipeline import RunFolder
+
+    output = Path(output)
+    folder = RunFolder(output.parent, option=option,
+                       restart_hint=", or pass --overwrite to replace it (only what the recipes wrote there)")
+    stage = stage or output.name
+    if run.overwrite:
+        folder.discard(stage)
+    return folder, stage
 
 
 # --------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def main_process_first():
-    """The main process runs the block first (filling the datasets cache), then the others."""
-    from hf_backdoor_guard.pipeline import process_state
-
-    processes = process_state()
-    if not processes.is_main:
-        processes.barrier()
-    yield
-    if processes.is_main:
-        processes.barrier()
-
-
 def _standard_columns(ds, data: DataArguments):
     renames = {old: new for old, new in ((data.image_column_name, "image"), (data.label_column_name, "label"))
                if old != new}

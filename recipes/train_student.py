@@ -3,8 +3,12 @@
 
 The student never sees an original (possibly triggered) training image: it learns from the
 variations (RUN_DIR/variations, or a Hub dataset) with the teacher's soft labels,
-loss = alpha * T^2 * KL + (1 - alpha) * CE (paper: alpha 0.5, T 10). It is saved to
-OUTPUT_DIR (default RUN_DIR/student); a rerun resumes from the last complete checkpoint.
+loss = alpha * T^2 * KL + (1 - alpha) * CE (paper: alpha 0.5, T 10); the teacher runs online on
+the same augmented images, or once over the variations with --cache_teacher_logits. The student is
+saved to OUTPUT_DIR (default RUN_DIR/student) with the trainer's state and metrics. A killed run
+resumes from its last complete checkpoint; a finished one is reused, and a rerun with other options
+(or after the teacher or the variations were made again) is refused, naming them (--overwrite
+replaces it).
 
     accelerate launch recipes/train_student.py --config recipes/configs/cifar10.yaml
     accelerate launch recipes/train_student.py --config CONFIG.yaml --teacher_model_name_or_path user/teacher
@@ -23,18 +27,16 @@ from recipe_arguments import (
     StudentArguments,
     load_splits,
     parse_arguments,
+    run_folder,
     save_arguments,
     setup_logging,
-    train_save_evaluate,
+    stage_settings,
 )
 
 from hf_backdoor_guard.data import load_image_splits
-from hf_backdoor_guard.distillation import (
-    DistillationTrainer,
-    DistillationTrainingArguments,
-)
+from hf_backdoor_guard.distillation import DistillationTrainingArguments
 from hf_backdoor_guard.loading import load_image_classifier
-from hf_backdoor_guard.teacher_logits import precompute_teacher_logits
+from hf_backdoor_guard.pipeline import output_finished, student_stage
 from hf_backdoor_guard.training import BackdoorMetricsCallback
 
 
@@ -50,52 +52,39 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(run_args, training_args.process_index == 0)
 
     # The teacher, the variations it labels, and the clean evaluation split.
-    teacher, teacher_processor = load_image_classifier(student_args.teacher_model_name_or_path, "teacher")
+    teacher_path, variations_path = student_args.teacher_model_name_or_path, student_args.variations_dataset
+    teacher, teacher_processor = load_image_classifier(teacher_path, "teacher")
     if teacher_processor is None:
-        raise ValueError(f"teacher {student_args.teacher_model_name_or_path} has no image processor.")
-    variations, _ = load_image_splits(student_args.variations_dataset, student_args.variations_split,
-                                      option="variations_dataset")
+        raise ValueError(f"teacher {teacher_path} has no image processor.")
+    variations, _ = load_image_splits(variations_path, student_args.variations_split, option="variations_dataset")
     with training_args.main_process_first(desc="loading the data"):
         _, eval_ds = load_splits(data_args, train=False)
 
-    # The student, with the teacher's classes in the teacher's order.
-    names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
-    model, processor = model_args.build(names, seed=training_args.seed)
-
-    # The trainer: the MultiStep schedule, backdoor metrics at every evaluation, random flip/crop when
-    # --augment (the teacher then sees the same augmented image; with cached logits it needs no pixels).
+    # The callbacks: the MultiStep schedule, backdoor metrics at every evaluation.
     callbacks = schedule_args.callbacks(training_args)
     attack = poison_args.build_attack()
     if attack is not None and eval_ds is not None:
-        callbacks.append(BackdoorMetricsCallback(eval_ds, attack, poison_args.target_label, processor,
-                                                 training_args.per_device_eval_batch_size))
-    cached = student_args.cache_teacher_logits
-    transform = augment_args.transform(processor, enabled=training_args.augment,
-                                       teacher_image_processor=None if cached else teacher_processor)
+        callbacks.append(BackdoorMetricsCallback(eval_ds, attack, poison_args.target_label,
+                                                 batch_size=training_args.per_device_eval_batch_size))
 
-    def distillation_trainer(train_ds):
-        return DistillationTrainer(
-            model=model, teacher_model=teacher, args=training_args, train_dataset=train_ds.with_transform(transform),
-            eval_dataset=eval_ds, processing_class=processor, teacher_processing_class=teacher_processor,
-            callbacks=callbacks)
-
-    if cached:
-        def with_teacher_logits(ds):
-            return precompute_teacher_logits(teacher, ds, teacher_processor, device=training_args.device,
-                                             batch_size=training_args.per_device_eval_batch_size)
-
-        # The trainer's checks (a logits cache needs augmentation off, ...) run first, on one row: a refusal
-        # comes before the teacher's pass over every variation.
-        distillation_trainer(with_teacher_logits(variations.select(range(1))))
-        with training_args.main_process_first(desc="teacher logits"):
-            variations = with_teacher_logits(variations)
-    trainer = distillation_trainer(variations)
-
-    # Train (resuming a killed run), save the model and its processor, evaluate.
-    metrics = train_save_evaluate(trainer, run_args, training_args)
-    if trainer.is_world_process_zero():
+    # The student stage, with the teacher's classes in the teacher's order: random flip/crop when --augment
+    # (the online teacher sees the same augmented image), or the teacher's logits cached once. Its settings
+    # hold when the teacher and the variations it reads were made, so a student of an older teacher is refused.
+    run, name = run_folder(training_args.output_dir, run_args)
+    settings = stage_settings(data_args, poison_args, model_args, augment_args, schedule_args, student_args,
+                              training_args=training_args, teacher_finished=output_finished(teacher_path),
+                              variations_finished=output_finished(variations_path))
+    student_stage(
+        run, name, variations, None, settings=settings,
+        label_names=[teacher.config.id2label[i] for i in range(teacher.config.num_labels)],
+        training_args=training_args, seed=training_args.seed, teacher=teacher, teacher_processor=teacher_processor,
+        cache_teacher_logits=student_args.cache_teacher_logits, flip_probability=augment_args.flip_probability,
+        crop_padding=augment_args.crop_padding, eval_dataset=eval_ds, callbacks=callbacks,
+        resume_from_checkpoint=training_args.resume_from_checkpoint or run_args.resume, keep_checkpoints=True,
+        save_metrics=True, **model_args.classifier())
+    if run.is_main_process:
         save_arguments(training_args.output_dir, "train_student.py", *all_args)
-    return metrics
+    return run.record(name)["details"].get("eval_metrics", {})
 
 
 if __name__ == "__main__":

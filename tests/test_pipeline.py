@@ -231,3 +231,81 @@ def test_stage_functions_called_one_by_one_like_a_recipe(tmp_path):
     scores = stages.evaluation_stage(run, {"student": (student, processor)}, data["eval"], settings={})
     assert set(scores["student"]) == {"clean_accuracy"}
     assert set(run.timings()) == {"data", "teacher", "variations", "detection", "student_online", "evaluation"}
+
+
+# --- what the recipes need of the run folder and the stages --------------------------------
+def test_restart_rules_discard_and_outputs_that_are_not_ours(tmp_path):
+    run = RunFolder(tmp_path / "run")
+
+    def fails(left_checkpoints: bool):
+        def make():
+            if left_checkpoints:
+                (run.path / "one-checkpoints").mkdir()
+            raise ValueError("bad option")
+
+        return make
+
+    with pytest.raises(ValueError, match="bad option"):  # refused inside the stage, before writing anything
+        run.run_stage("one", {"augment": True}, "one", fails(False), _read, partial=["one-checkpoints"])
+    # nothing of it on disk: the corrected rerun may use other settings
+    with pytest.raises(ValueError, match="bad option"):
+        run.run_stage("one", {"augment": False}, "one", fails(True), _read, partial=["one-checkpoints"])
+    with pytest.raises(ValueError, match=r"other settings \(augment: was false, now true\)"):
+        run.check({"one": {"augment": True}})  # its checkpoints would be mixed with other settings
+    (run.path / "yours.txt").write_text("the user's")
+    assert run.discard("one") == ["one-checkpoints"] and run.record("one") is None
+    assert run.run_stage("one", {"augment": True}, "one", _write(run, "one", "new"), _read) == "new"
+    assert run.discard("one") == ["one"] and sorted(p.name for p in run.path.iterdir()) == [RECORD, "yours.txt"]
+
+    (run.path / "two").mkdir()
+    (run.path / "two" / "data.txt").write_text("the user's")
+    with pytest.raises(ValueError, match=r"holds \['two'\], which stage two would write, but no run recorded them"):
+        run.run_stage("two", {}, "two", _write(run, "two", "ours"), _read)
+    assert (run.path / "two" / "data.txt").read_text() == "the user's" and run.record("two") is None
+
+
+def _write_records(folder: str, prefix: str) -> None:
+    run = RunFolder(folder)
+    for i in range(100):
+        run._write_record(f"{prefix}{i}", settings={}, output="x", complete=True)
+
+
+def test_launches_running_different_stages_in_one_folder_keep_every_record(tmp_path):
+    """Two real processes update stages.json at once: the folder lock keeps every record (no lost update)."""
+    import multiprocessing
+
+    (tmp_path / "run").mkdir()
+    context = multiprocessing.get_context("fork")  # a second real process without a second start-up
+    processes = [context.Process(target=_write_records, args=(str(tmp_path / "run"), prefix))
+                 for prefix in ("teacher", "variations")]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [process.exitcode for process in processes] == [0, 0]
+    assert len(json.loads((tmp_path / "run" / RECORD).read_text())) == 200
+
+
+def test_evaluation_stage_measures_several_attacks_per_model_under_its_own_name(tmp_path):
+    from hf_backdoor_guard import BadNets, Blended, evaluate_backdoor
+    from hf_backdoor_guard.data import load_digits_dataset
+    from hf_backdoor_guard.pipeline import evaluation_stage
+
+    test = load_digits_dataset()["test"].select(range(30))
+    names = test.features["label"].names
+    run = RunFolder(tmp_path / "run")
+    pair = build_classifier("small-resnet", label_names=names, seed=0)
+    attacks = {"badnets": BadNets(), "blended": Blended(ratio=0.3)}
+    report = evaluation_stage(run, pair, test, settings={"model": "a"}, attacks=attacks, name="a_metrics",
+                              output="a_metrics.json", describe={"model": "a"})
+    assert report == json.loads((run.path / "a_metrics.json").read_text())
+    assert report["model"] == "a" and set(report["metrics"]) == {"badnets", "blended"}
+    expected = evaluate_backdoor(pair[0], test, attacks["blended"], 0, image_processor=pair[1], progress=False)
+    assert report["metrics"]["blended"] == {key: round(value, 4) for key, value in expected.items()}
+    # a second model with other settings is its own stage; the default (one attack, a mapping) keeps its shape
+    other = build_classifier("small-resnet", label_names=names, seed=1)
+    both = evaluation_stage(run, {"b": other, "c": pair}, test, settings={"model": "b"}, attack=attacks["badnets"])
+    assert set(both) == {"b", "c"} and both["c"] == report["metrics"]["badnets"]
+    assert set(run.timings()) == {"a_metrics", "evaluation"}
+    with pytest.raises(ValueError, match="attack or attacks, not both"):
+        evaluation_stage(run, pair, test, settings={}, attack=attacks["badnets"], attacks=attacks, name="d")

@@ -242,6 +242,47 @@ def test_evaluate_writes_metrics_for_each_attack(pipeline_run):
     assert set(read_metrics_file(path)) == {"badnets", "blended"}  # the shape `backdoor-guard publish --metrics` reads
 
 
+def test_every_script_is_a_stage_of_one_run_folder(pipeline_run, assets):
+    """RUN_DIR/stages.json records all four, though the teacher and the variations ran at the same time in two
+    launches; the student's settings say which teacher and variations it learnt from."""
+    from hf_backdoor_guard.pipeline import output_finished
+
+    run, _ = pipeline_run
+    records = json.loads((run / "stages.json").read_text())
+    assert {name: record["complete"] for name, record in records.items()} == {
+        "teacher": True, "variations": True, "student": True, "student_metrics": True}
+    assert records["teacher"]["settings"]["num_train_epochs"] == 2 and records["student"]["settings"]["alpha"] == 0.5
+    assert records["student"]["settings"]["teacher_finished"] == records["teacher"]["finished"]
+    assert records["student"]["settings"]["variations_finished"] == records["variations"]["finished"]
+    assert output_finished(run / "teacher") == records["teacher"]["finished"]
+    assert output_finished(assets / "classifier") is None  # not made by a recipe
+    history = json.loads((run / "teacher" / "trainer_state.json").read_text())["log_history"]
+    assert records["teacher"]["details"]["eval_metrics"]["eval_clean_accuracy"] == history[-1]["eval_clean_accuracy"]
+
+
+def test_a_rerun_reuses_the_output_and_other_options_are_refused_by_name(pipeline_run, assets, tmp_path):
+    run, _ = pipeline_run
+    config = ["--config", str(assets / "run.yaml"), "--verbosity", "warning"]
+    before = (run / "stages.json").read_text()
+    metrics = _script_main("train_teacher")(config)  # reused: no training
+    assert (run / "stages.json").read_text() == before
+    assert metrics == json.loads(before)["teacher"]["details"]["eval_metrics"]
+    with pytest.raises(ValueError, match=r"'teacher' stage was made with other settings \(num_train_epochs: was 2, "
+                                         r"now 1.0\)\. Use another --output_dir, or pass --overwrite"):
+        _script_main("train_teacher")([*config, "--num_train_epochs", "1"])
+    # --overwrite measures again (and replaces only that output); evaluations are cheap enough to show it
+    evaluate = _script_main("evaluate_backdoor")
+    metrics_file = ["--metrics_file", str(tmp_path / "student_metrics.json")]
+    assert set(evaluate([*config, *metrics_file])["metrics"]) == {"badnets"}
+    with pytest.raises(ValueError, match=r"'student_metrics' stage was made with other settings \(attacks: .*"
+                                         r"eval_attacks: was null, now \[\"blended\"\]"):
+        evaluate([*config, *metrics_file, "--eval_attacks", "blended"])
+    report = evaluate([*config, *metrics_file, "--eval_attacks", "blended", "--overwrite", "true"])
+    assert set(report["metrics"]) == {"blended"}
+    assert json.loads((tmp_path / "student_metrics.json").read_text()) == report
+    assert (run / "stages.json").read_text() == before  # the other run folder: untouched
+
+
 def test_student_with_cached_teacher_logits(pipeline_run, assets, tmp_path):
     """--cache_teacher_logits runs the teacher once over the variations (augmentation off), in-process."""
     assert (pipeline_run[0] / "teacher").is_dir() and (pipeline_run[0] / "variations").is_dir()  # what it reads
@@ -498,7 +539,11 @@ def test_saved_dataset_with_renamed_column_resize_subset_and_poisoning(tmp_path)
 
 
 def test_new_resnet_from_scratch_through_the_shared_builder():
-    model, processor = ra.ModelArguments(model_name_or_path="resnet-18", image_size=32).build(["cat", "dog"], seed=0)
+    from hf_backdoor_guard.pipeline import build_classifier
+
+    options = ra.ModelArguments(model_name_or_path="resnet-18", image_size=32).classifier()
+    assert options == {"model": "resnet-18", "image_size": 32}  # what the training stages take
+    model, processor = build_classifier(label_names=["cat", "dog"], seed=0, **options)
     assert model.config.num_labels == 2 and model.config.id2label == {0: "cat", 1: "dog"}
     assert model.config.depths == [2, 2, 2, 2] and model.config.layer_type == "basic"
     pixels = processor(images=[Image.new("RGB", (48, 40))], return_tensors="pt")["pixel_values"]

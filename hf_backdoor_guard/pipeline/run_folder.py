@@ -11,7 +11,13 @@ A stage counts as finished only once its output was written completely: outputs 
 written under a temporary name and renamed into place, and the record is marked
 complete after that. A rerun with the same settings skips finished stages; a rerun
 with other settings is refused before any work, naming the option that changed
-(:meth:`RunFolder.check`).
+(:meth:`RunFolder.check`), unless the earlier attempt left nothing on disk (it failed
+before writing anything), or :meth:`RunFolder.discard` removed it first. A stage never
+writes over a path it did not record, so a folder of the user's is never replaced.
+
+Several launches may share a run folder when they run different stages (the recipes
+train the teacher while the variations are generated): the records are updated under
+a lock. One stage is run by one launch at a time.
 
 Under ``accelerate launch`` / ``torchrun`` every process calls the same stage functions:
 training stages run in all processes (the ``Trainer`` handles DDP), the main process
@@ -20,13 +26,14 @@ writes files and ``stages.json``, and the others wait on a barrier before readin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 from ..outputs import write_json_atomic
 
@@ -110,8 +117,8 @@ class RunFolder:
         """
         records = self.records()
         for stage, settings in plan.items():
-            if stage not in records:
-                continue
+            if stage not in records or not (records[stage].get("complete") or self._left_files(records[stage])):
+                continue  # never run, or an attempt that failed before writing anything: free to start anew
             changed = settings_differences(records[stage].get("settings", {}), settings)
             if changed:
                 raise ValueError(
@@ -128,23 +135,93 @@ class RunFolder:
     def record(self, stage: str) -> dict | None:
         return self.records().get(stage)
 
-    def _write_record(self, stage: str, **values: Any) -> None:
+    def _paths(self, record: dict) -> list[Path]:
+        """The output and the partial work (checkpoints) a record names, inside this folder."""
+        names = [record.get("output"), *record.get("partial", [])]
+        return [self.path / name for name in names if name]
+
+    def _left_files(self, record: dict) -> bool:
+        return any(path.exists() for path in self._paths(record))
+
+    @contextlib.contextmanager
+    def _records_lock(self) -> Iterator[None]:
+        """Main process: an exclusive ``flock`` on the folder itself while the records are read and rewritten.
+
+        Launches running different stages in one folder (separate ``accelerate launch`` calls)
+        would otherwise lose each other's updates. The folder is locked, not a lock file, so
+        nothing is left behind; where ``flock`` is missing or refused (Windows, some network
+        file systems) the update goes on unlocked.
+        """
+        try:
+            import fcntl
+
+            handle = os.open(self.path, os.O_RDONLY)
+        except (ImportError, OSError):
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            except OSError:
+                logger.debug("Could not lock %s; updating its records unlocked", self.path)
+            yield
+        finally:
+            os.close(handle)  # closing releases the lock
+
+    def _write_record(self, stage: str, *, new: bool = False, **values: Any) -> None:
         if not self.is_main_process:
             return
-        records = self.records()
-        records[stage] = {**records.get(stage, {}), **values}
-        write_json_atomic(self.path / RECORD, records)
+        with self._records_lock():
+            records = self.records()
+            records[stage] = {**({} if new else records.get(stage, {})), **values}
+            write_json_atomic(self.path / RECORD, records)
+
+    def discard(self, stage: str) -> list[str]:
+        """Remove ``stage``'s output, its partial work and its record, so that it runs anew with any settings.
+
+        Only the paths the record names are removed (what a stage of this folder wrote);
+        returns their names. Called by every process of a launch; the main one removes.
+        """
+        removed: list[str] = []
+        if self.is_main_process:
+            with self._records_lock():
+                records = self.records()
+                record = records.pop(stage, None)
+                for path in self._paths(record or {}):
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    elif path.exists():
+                        path.unlink()
+                    else:
+                        continue
+                    removed.append(path.name)
+                if record is not None:
+                    write_json_atomic(self.path / RECORD, records)
+            if removed:
+                logger.info("Removed %s of stage %s from %s", removed, stage, self.path)
+        self.wait()
+        return removed
 
     # --- running a stage -------------------------------------------------------------------
     def run_stage(self, stage: str, settings: dict, output: str, make: Callable[[], Any] | None,
-                  load: Callable[[Path], Any]):
+                  load: Callable[[Path], Any], *, partial: Sequence[str] = ()):
         """Run ``stage`` unless it finished with these settings; return ``load(output_path)`` in every process.
 
         ``make()`` runs in every process (training stages need all of them; other stages
         check ``is_main_process`` themselves) and writes ``output`` inside the folder, using
         :meth:`write_dir` / :meth:`write_json` so that it appears complete or not at all. A
         dict it returns (in the main process) is kept in the record as ``details``.
+        ``partial`` names what the stage keeps while it works (a checkpoint folder, from
+        which a killed run resumes): recorded with the output, so that :meth:`check` and
+        :meth:`discard` know it. An ``output`` or ``partial`` path that exists although no
+        run of this stage recorded it is not ours: the stage is refused, and nothing is written.
         """
+        if stage not in self.records():
+            theirs = [name for name in (output, *partial) if (self.path / name).exists()]
+            if theirs:
+                raise ValueError(f"{self.path} holds {theirs}, which stage {stage} would write, but no run recorded "
+                                 f"them in {self.path / RECORD}, so they are not ours: move them away or use another "
+                                 f"{self.option}.")
         if self.is_complete(stage, settings):
             record = self.record(stage)
             logger.info("Stage %s: finished earlier (%.1f s), reusing %s", stage, record.get("seconds", 0.0),
@@ -152,7 +229,8 @@ class RunFolder:
         else:
             self.wait()  # every process has seen the same records before the main one changes them
             logger.info("Stage %s: running", stage)
-            self._write_record(stage, settings=_normalise(settings), output=output, complete=False)
+            self._write_record(stage, new=True, settings=_normalise(settings), output=output, complete=False,
+                               **({"partial": list(partial)} if partial else {}))
             started = time.perf_counter()
             details = make() if make is not None else None
             self.wait()
@@ -185,9 +263,11 @@ class RunFolder:
         return self.path / name
 
     def _remove_temporaries(self) -> None:
-        # Only names this class creates inside a folder it owns: what a killed run left half-written.
-        for entry in self.path.iterdir():
-            if entry.name.startswith(_TMP_PREFIX):
+        # What a killed run left half-written: only the temporary names of outputs the records name (the
+        # folder may be the user's, e.g. the one holding a recipe's --output_dir).
+        for record in self.records().values():
+            entry = self.path / f"{_TMP_PREFIX}{record.get('output')}"
+            if record.get("output") and entry.exists():
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
     def timings(self) -> dict[str, float]:
@@ -196,4 +276,22 @@ class RunFolder:
                 if record.get("complete")}
 
 
-__all__ = ["RunFolder", "process_state", "settings_differences"]
+def output_finished(path: str | os.PathLike) -> str | None:
+    """When the stage that wrote ``path`` finished, as the ``stages.json`` of the folder holding it says; None
+    for a path no stage wrote (a Hub id, a folder of the user's) or one not finished.
+
+    A stage that reads another's output keeps this in its settings, so that it is refused
+    once that output was made again (the recipes' student of a teacher trained again).
+    """
+    path = Path(path)
+    try:
+        records = json.loads((path.parent / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    record = records.get(path.name) if isinstance(records, dict) else None
+    if isinstance(record, dict) and record.get("output") == path.name and record.get("complete"):
+        return record.get("finished")
+    return None
+
+
+__all__ = ["RunFolder", "output_finished", "process_state", "settings_differences"]
