@@ -144,7 +144,7 @@ def _trigger(ds: Dataset, attack: Attack, poisoned: np.ndarray, cover: np.ndarra
              relabel: bool, mode: str, image_column: str, label_column: str, verify_images: bool,
              description: str) -> Dataset:
     """The map pass over ``ds`` (already without a format); returns a dataset with the poison columns."""
-    from datasets.fingerprint import Hasher
+    from .caching import derived_fingerprint
 
     features = ds.features.copy()
     features[image_column] = Image(decode=False)
@@ -156,9 +156,9 @@ def _trigger(ds: Dataset, attack: Attack, poisoned: np.ndarray, cover: np.ndarra
     function = _TriggerRows(attack, poisoned, cover, target_label, relabel, mode, image_column, label_column,
                             verify_images)
     own = attack.fingerprint()
-    fingerprint = None if own is None else Hasher.hash([
-        _VERSION, raw._fingerprint, type(attack).__qualname__, own, poisoned.tobytes(), cover.tobytes(),
-        target_label, relabel, mode, image_column, label_column, verify_images])
+    fingerprint = None if own is None else derived_fingerprint(
+        raw, _VERSION, type(attack).__qualname__, own, poisoned.tobytes(), cover.tobytes(),
+        target_label, relabel, mode, image_column, label_column, verify_images)
     out = raw.map(function, batched=True, with_indices=True, features=features, desc=description,
                   new_fingerprint=fingerprint)
     return out.cast_column(image_column, ds.features[image_column])

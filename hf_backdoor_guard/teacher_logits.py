@@ -70,7 +70,8 @@ def precompute_teacher_logits(
         device: where to run the teacher (default: where it already is).
     """
     from datasets import Features, List, Value
-    from datasets.fingerprint import Hasher
+
+    from .caching import derived_fingerprint
 
     check_image_column(ds, image_column)
     if ds.format["type"] is not None:
@@ -94,10 +95,9 @@ def precompute_teacher_logits(
     features = Features({**ds.features, column: List(Value("float32"), length=num_labels)})
     # The fingerprint names exactly what the logits depend on, so datasets' cache (for
     # file-backed datasets) is reused only for the same data, teacher weights and processor.
-    fingerprint = Hasher.hash(
-        (ds._fingerprint, column, image_column, type(teacher).__name__, _weights_digest(teacher),
-         sorted(image_processor.to_dict().items(), key=lambda kv: kv[0]).__repr__())
-    )
+    fingerprint = derived_fingerprint(
+        ds, column, image_column, type(teacher).__name__, _weights_digest(teacher),
+        sorted(image_processor.to_dict().items(), key=lambda kv: kv[0]).__repr__())
     try:
         return ds.map(
             _TeacherLogits(teacher, image_processor, image_column, column),
