@@ -40,7 +40,7 @@ SHARD_ROWS = 64 * 16  # generate_variations' default shard: 64 batches of the co
 def fast_path_estimates() -> dict[str, float]:
     """Images/s of ``speed="fast"`` (15 DPM-Solver++ steps, 512 px) and ``"fast-small"`` (256 px): estimates.
 
-    * The CPU work (colour transfer, encoding, writing) that ImageVariation did in series cost
+    * The CPU work (color transfer, encoding, writing) that ImageVariation did in series cost
       1/2.59 - 1/2.88 s per image; with the overlap on it hides behind the denoising
       (benchmarks/overlap.py: 1.006x the denoising alone), so it is taken off the 20-step time.
     * Time per image is then a fixed part plus a part per step, fitted through 50 steps (the loop)

@@ -3,7 +3,7 @@
 1. Time ratio (target <= 1.05): the same tiny SD image-variation pipeline and batch size,
    (a) a plain loop that slices the dataset, calls the pipeline directly with one
    generator and keeps PIL outputs, versus (b) ``ds.map(ImageVariation(...))`` with per-image
-   generators, Lab colour transfer and resizing back (the library's defaults).
+   generators, Lab color transfer and resizing back (the library's defaults).
 2. Cost of datasets' fingerprint of the callable: our stable fingerprint versus datasets'
    default of pickling the whole pipeline.
 3. Peak RSS of ``generate_variations`` for N and 10 x N rows, each in its own subprocess
@@ -74,12 +74,12 @@ def bench_map(n: int, batch_size: int, steps: int, repeats: int) -> None:
         variation.color_transfer = False
         try:
             return ds.map(variation, batched=True, batch_size=batch_size, with_indices=True,
-                          new_fingerprint="no-colour")
+                          new_fingerprint="no-color")
         finally:
             variation.color_transfer = True
 
     plain_loop(), with_map()  # warm up (first calls allocate)
-    names = ("plain loop", "ImageVariation + map", "  colour transfer off")
+    names = ("plain loop", "ImageVariation + map", "  color transfer off")
     cpu = {name: [] for name in names}
     wall = {name: [] for name in names}
     for _ in range(repeats):  # interleaved, so drift on a shared machine hits every mode alike

@@ -220,7 +220,7 @@ class VariationArguments:
     eta: float | None = _help("DDIM eta for families whose scheduler takes it.")
     variation_size: int | None = _help("Generation size in pixels (paper: 512); variations are resized back to each "
                                        "source's size.")
-    color_transfer: bool = _help("Match each variation's Lab colour statistics to its source (paper: on).", True)
+    color_transfer: bool = _help("Match each variation's Lab color statistics to its source (paper: on).", True)
     num_variations: int = _help("Variations per training image.", 1)
     variation_seed: int = _help("Base seed; each image gets its own generator.", 42)
     keep_source: bool = _help("Keep the (possibly poisoned) source image in a 'source_image' column.", False)

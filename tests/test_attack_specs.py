@@ -35,7 +35,7 @@ def test_bad_specs_say_what_is_wrong(spec, message):
 
 
 def test_an_option_the_attack_does_not_take_is_named():
-    with pytest.raises(ValueError, match="attack badnets: .*colour"):
-        attack_from_spec("badnets:colour=red")
+    with pytest.raises(ValueError, match="attack badnets: .*color"):
+        attack_from_spec("badnets:color=red")
     with pytest.raises(ValueError, match="listed twice"):
         attack_keys(["badnets", "badnets"])

@@ -17,13 +17,13 @@ def test_checkerboard_pixels_follow_paper_parity():
     assert (out[:5] == 100).all() and (out[:, :7] == 100).all()  # untouched elsewhere
 
 
-def test_two_colour_checkerboard_and_solid_colours():
+def test_two_color_checkerboard_and_solid_colors():
     out = np.asarray(hbg.BadNets(trigger="checkerboard_#ff0000_#0000ff", size=2)(grey((6, 6))))
     assert tuple(out[4, 4]) == (0, 0, 255)  # (0, 0) of the patch: even
     assert tuple(out[4, 5]) == (255, 0, 0)  # (0, 1): odd
-    for trigger, colour in [("white", (255, 255, 255)), ("black", (0, 0, 0)), ("#12ab34", (0x12, 0xAB, 0x34))]:
+    for trigger, color in [("white", (255, 255, 255)), ("black", (0, 0, 0)), ("#12ab34", (0x12, 0xAB, 0x34))]:
         out = np.asarray(hbg.BadNets(trigger=trigger, size=2, location="top_left")(grey((6, 6))))
-        assert (out[:2, :2] == colour).all() and (out[2:, 2:] == 100).all()
+        assert (out[:2, :2] == color).all() and (out[2:, 2:] == 100).all()
 
 
 def test_random_location_fixed_per_row_and_seed():
@@ -91,8 +91,8 @@ def test_sixteen_bit_grey_is_rescaled_not_clipped():
     "make, message",
     [
         (lambda: hbg.BadNets(trigger="stars"), "Unknown BadNets trigger 'stars'"),
-        (lambda: hbg.BadNets(trigger="#12345"), "'#12345' is not a colour"),
-        (lambda: hbg.BadNets(trigger="checkerboard_#ff0000_red"), "'red' is not a colour"),
+        (lambda: hbg.BadNets(trigger="#12345"), "'#12345' is not a color"),
+        (lambda: hbg.BadNets(trigger="checkerboard_#ff0000_red"), "'red' is not a color"),
         (lambda: hbg.BadNets(size=0), "BadNets size must be an int >= 1"),
         (lambda: hbg.BadNets(location="middle"), "location must be one of"),
         (lambda: hbg.Blended(ratio=1.5), "ratio must lie in"),

@@ -1,6 +1,6 @@
 """Peer defenses: each does what its paper says on an easy synthetic case, and bad input is refused.
 
-Tiny transformers ResNets trained in code on images built in code (colour classes or
+Tiny transformers ResNets trained in code on images built in code (color classes or
 noise, a bright patch as the trigger); purification uses the shipped embedded
 diffusion model on the shipped digits. Nothing is mocked.
 """
@@ -32,7 +32,7 @@ from hf_backdoor_guard.metrics import auroc
 from tiny_classifiers import tiny_resnet, tiny_vit
 
 PATCH = 12  # a bright 12x12 corner patch on 32x32 images: trivially learnable
-COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])
+COLORS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])
 FEATURES = Features({"image": Image(), "label": ClassLabel(num_classes=4), "poisoned": Value("bool")})
 
 
@@ -42,10 +42,10 @@ def _patched(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def colour_dataset(per_class: int, poisoned: int = 0, seed: int = 0) -> Dataset:
-    """Four noisy colour classes; ``poisoned`` rows of class 1 get the patch and label 0."""
+def color_dataset(per_class: int, poisoned: int = 0, seed: int = 0) -> Dataset:
+    """Four noisy color classes; ``poisoned`` rows of class 1 get the patch and label 0."""
     rng = np.random.default_rng(seed)
-    arrays = [np.clip(COLOURS[c] + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+    arrays = [np.clip(COLORS[c] + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
               for c in range(4) for _ in range(per_class)]
     labels = [c for c in range(4) for _ in range(per_class)]
     flags = [False] * len(labels)
@@ -81,12 +81,12 @@ def new_resnet():
 
 @pytest.fixture(scope="module")
 def poisoned_setup(tmp_path_factory):
-    """Colour classes with 8 patched rows of class 1 relabelled 0, and a ResNet trained on them (backdoored)."""
+    """Color classes with 8 patched rows of class 1 relabelled 0, and a ResNet trained on them (backdoored)."""
     from hf_backdoor_guard.training import train_classifier
 
     tmp = tmp_path_factory.mktemp("backdoored")
-    train = colour_dataset(32, poisoned=8)
-    clean = colour_dataset(2, seed=1).remove_columns("poisoned")
+    train = color_dataset(32, poisoned=8)
+    clean = color_dataset(2, seed=1).remove_columns("poisoned")
     model, processor = tiny_resnet()
     train_classifier(model, train, training_args(tmp), processor, augment=False)
     model.eval()
@@ -130,13 +130,13 @@ def test_clean_subset_must_be_non_empty_and_smaller_than_the_data(poisoned_setup
 
 
 def test_models_without_a_convolutional_stage_are_refused_by_fine_pruning_and_nad(tmp_path):
-    train = colour_dataset(4)
+    train = color_dataset(4)
     vit, processor = tiny_vit()
     for name in ("fine_pruning", "nad"):
         with pytest.raises(ValueError, match=f"Defense '{name}' needs a model with a convolutional stage.*"
                                              "ViTForImageClassification gives none"):
             run_defense(name, train, model_factory=lambda: tiny_vit()[0], training_args=training_args(tmp_path),
-                        image_processor=processor, clean_subset=colour_dataset(1), backdoored_model=vit)
+                        image_processor=processor, clean_subset=color_dataset(1), backdoored_model=vit)
 
 
 def test_options_are_checked_before_any_work(poisoned_setup):
@@ -247,7 +247,7 @@ def test_purification_classifies_variations_that_drop_the_trigger():
 # --- run_defenses and the leaderboard --------------------------------------------------------
 def test_run_defenses_reports_one_line_per_defense_with_der_and_detection(poisoned_setup):
     lines = []
-    test = colour_dataset(4, seed=2).remove_columns("poisoned")
+    test = color_dataset(4, seed=2).remove_columns("poisoned")
     kwargs = common(poisoned_setup)
     records = run_defenses(poisoned_setup["train"], test, hbg.BadNets(trigger="white", size=PATCH),
                            names=["spectral"], report=lines.append, **kwargs)

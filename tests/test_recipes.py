@@ -90,7 +90,7 @@ def _script_main(name: str):
 
 
 def _make_imagefolder(root: Path) -> Path:
-    """3 classes, each with its own dominant colour channel, so a tiny model can learn something."""
+    """3 classes, each with its own dominant color channel, so a tiny model can learn something."""
     rng = np.random.default_rng(0)
     for split, count in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
         for label in range(NUM_CLASSES):

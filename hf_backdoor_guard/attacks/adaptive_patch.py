@@ -17,7 +17,7 @@ PAPER_ALPHAS = (0.5, 0.2, 0.5, 0.3)
 class AdaptivePatch(Attack):
     """Adaptive-Patch (Qi et al., ICLR 2023): ``patches`` small patch triggers, only one on each training row.
 
-    Patch ``j`` is a ``size x size`` pattern of seeded random colours (from ``seed`` and
+    Patch ``j`` is a ``size x size`` pattern of seeded random colors (from ``seed`` and
     ``j``) at corner ``CORNERS[j]`` (bottom-right, top-left, top-right, bottom-left).
     Each poisoned row carries a single patch ``j`` (drawn from ``seed`` and the row
     index), blended with its opacity ``alphas[j]``: ``out = x + alphas[j] * (patch_j - x)``

@@ -30,13 +30,13 @@ from ..validation import check_number, check_seed
 #: every attack, by its short name; the CLI, the demo, the recipes and the docs read it
 ATTACKS = Registry("attack")
 
-_HEX_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
-def parse_colour(text: str, option: str) -> tuple[int, int, int]:
+def parse_color(text: str, option: str) -> tuple[int, int, int]:
     """``'#rrggbb'`` as an RGB tuple; a ``ValueError`` naming ``option`` otherwise."""
-    if not isinstance(text, str) or not _HEX_COLOUR.match(text):
-        raise ValueError(f"{option}: {text!r} is not a colour; use '#rrggbb' (e.g. '#ff0000').")
+    if not isinstance(text, str) or not _HEX_COLOR.match(text):
+        raise ValueError(f"{option}: {text!r} is not a color; use '#rrggbb' (e.g. '#ff0000').")
     return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))
 
 

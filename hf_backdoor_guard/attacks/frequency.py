@@ -34,7 +34,7 @@ class FTrojan(Attack):
     are) and cut into ``window_size`` blocks; in every whole block, the orthonormal
     2-D DCT coefficient at each of ``positions`` of each of ``channels`` (0 = Y,
     1 = U, 2 = V) gets ``+ magnitude``, and the image is transformed back. The DCT and
-    the colour transform are linear, so this is one fixed additive pattern, computed in
+    the color transform are linear, so this is one fixed additive pattern, computed in
     floating point and rounded once. Pixels of partial blocks at the right and bottom
     edges are left as they are. Defaults are the paper's for 32 px images: UV, window
     32, positions (15, 15) (mid frequency) and (31, 31) (high), magnitude 30.

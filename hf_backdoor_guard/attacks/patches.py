@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..validation import check_choice, check_int
-from .base import ATTACKS, Attack, parse_colour, seed_for
+from .base import ATTACKS, Attack, parse_color, seed_for
 
 
 @ATTACKS.register
@@ -14,7 +14,7 @@ class BadNets(Attack):
 
     ``trigger``: ``"checkerboard"`` (pixel (i, j) white where i + j is odd, black
     where even, as in the paper's code), ``"white"``, ``"black"``, ``"#rrggbb"``, or
-    ``"checkerboard_#rrggbb_#rrggbb"`` (first colour on odd cells, second on even).
+    ``"checkerboard_#rrggbb_#rrggbb"`` (first color on odd cells, second on even).
     ``location``: ``"bottom_right"``, ``"top_left"`` or ``"random"`` (a spot fixed
     per row index and ``seed``).
     """
@@ -42,14 +42,14 @@ class BadNets(Attack):
                         f"BadNets trigger '{trigger}' is not understood; use 'checkerboard' or "
                         "'checkerboard_#rrggbb_#rrggbb'."
                     )
-                odd, even = parse_colour(parts[1], "BadNets trigger"), parse_colour(parts[2], "BadNets trigger")
+                odd, even = parse_color(parts[1], "BadNets trigger"), parse_color(parts[2], "BadNets trigger")
             i, j = np.indices((size, size))
             odd_cells = ((i + j) % 2 == 1)[..., None]
             return np.where(odd_cells, np.array(odd, np.uint8), np.array(even, np.uint8)).astype(np.uint8)
         named = {"white": "#ffffff", "black": "#000000"}
         if trigger in named or trigger.startswith("#"):
-            colour = parse_colour(named.get(trigger, trigger), "BadNets trigger")
-            return np.broadcast_to(np.array(colour, np.uint8), (size, size, 3)).copy()
+            color = parse_color(named.get(trigger, trigger), "BadNets trigger")
+            return np.broadcast_to(np.array(color, np.uint8), (size, size, 3)).copy()
         raise ValueError(
             f"Unknown BadNets trigger '{trigger}'; use 'checkerboard', 'white', 'black', '#rrggbb' "
             "or 'checkerboard_#rrggbb_#rrggbb'."

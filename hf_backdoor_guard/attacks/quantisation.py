@@ -1,4 +1,4 @@
-"""Colour-depth triggers: BppAttack's squeezing with Floyd-Steinberg dithering."""
+"""Color-depth triggers: BppAttack's squeezing with Floyd-Steinberg dithering."""
 
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ def _marker(name: str) -> str:
 def scatter_png(board: Mapping) -> bytes:
     """C-Acc against ASR of every defense, one panel per attack (up to 4 a row), as PNG bytes (no pyplot state).
 
-    Each defense keeps one colour and marker in every panel (square: ``none``; star: the
+    Each defense keeps one color and marker in every panel (square: ``none``; star: the
     project's students; X: ``*_tuned`` rows) and is named in one legend beside the panels:
     points of different defenses often coincide (ASR 0), which labels at the points would hide.
     """
@@ -155,7 +155,7 @@ def scatter_png(board: Mapping) -> bytes:
     singles = _singles(board)
     names = list(dict.fromkeys(name for single in singles for name in single["defenses"]))
     palette = colormaps["tab20"]
-    colour = {name: palette(index % 20) for index, name in enumerate(names)}
+    color = {name: palette(index % 20) for index, name in enumerate(names)}
     columns = min(len(singles), PANELS_PER_ROW)
     rows = math.ceil(len(singles) / columns)
     figure = Figure(figsize=(4.2 * columns + 2.6, 4.0 * rows), layout="constrained")
@@ -168,7 +168,7 @@ def scatter_png(board: Mapping) -> bytes:
         for name, entry in single["defenses"].items():
             handles[name] = ax.scatter([entry["attack_success_rate"]], [entry["clean_accuracy"]], label=name,
                                        s=90 if name.startswith("student") else 45, marker=_marker(name),
-                                       color=colour[name], edgecolors="black", linewidths=0.5, alpha=0.85, zorder=3)
+                                       color=color[name], edgecolors="black", linewidths=0.5, alpha=0.85, zorder=3)
         ax.set_xlim(-0.05, 1.05)
         ax.set_xlabel("attack success rate (ASR, lower is better)")
         ax.set_ylabel("clean accuracy (C-Acc)")

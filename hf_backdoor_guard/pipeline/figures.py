@@ -18,7 +18,7 @@ from PIL import Image
 
 # The shipped metrics keep their colors from figure to figure; a newly registered one takes the next free color.
 METRIC_COLORS = {"clean_accuracy": "#2e7d32", "attack_success_rate": "#c62828", "robust_accuracy": "#1565c0"}
-CLEAN_COLOUR, POISONED_COLOUR = "#1565c0", "#c62828"
+CLEAN_COLOR, POISONED_COLOR = "#1565c0", "#c62828"
 
 
 def _figure(width: float, height: float):
@@ -70,7 +70,7 @@ def gallery(images: Sequence[Image.Image], captions: Sequence[str], path: str | 
         axis.set_xlabel(captions[index], fontsize=7, linespacing=1.1)
         if marked is not None and marked[index]:
             for spine in axis.spines.values():
-                spine.set_edgecolor(POISONED_COLOUR)
+                spine.set_edgecolor(POISONED_COLOR)
                 spine.set_linewidth(3)
     figure.suptitle(title, fontsize=10)
     figure.savefig(path)
@@ -125,11 +125,11 @@ def suspicion_histogram(scores, path: str | os.PathLike, *, threshold: float | N
     figure = _figure(6.0, 3.4)
     axis = figure.subplots()
     if poisoned is None:
-        axis.hist(scores, bins=edges, color=CLEAN_COLOUR, alpha=0.8, label=f"all rows ({len(scores)})")
+        axis.hist(scores, bins=edges, color=CLEAN_COLOR, alpha=0.8, label=f"all rows ({len(scores)})")
     else:
         poisoned = np.asarray(poisoned, dtype=bool)
-        for mask, colour, name in ((~poisoned, CLEAN_COLOUR, "clean"), (poisoned, POISONED_COLOUR, "poisoned")):
-            axis.hist(scores[mask], bins=edges, color=colour, alpha=0.7, label=f"{name} ({int(mask.sum())})")
+        for mask, color, name in ((~poisoned, CLEAN_COLOR, "clean"), (poisoned, POISONED_COLOR, "poisoned")):
+            axis.hist(scores[mask], bins=edges, color=color, alpha=0.7, label=f"{name} ({int(mask.sum())})")
     if threshold is not None and math.isfinite(threshold):
         axis.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
     axis.set_yscale("log")
