@@ -11,7 +11,10 @@ appended to a JSON-lines file as they finish (a killed sweep keeps what it had),
 
 Only the defence changes between configurations; the attacks are the foundation's.
 "default" is whatever ``run_demo`` and ``EMBEDDED_VARIATION_DEFAULTS`` say at the time of
-the run (3 variations per image since 2026-11-25; the records of 2 variations are "nv2").
+the run (3 variations per image since 2026-11-25, the records of 2 variations are "nv2"; since
+2026-11-29 6 variations of 10 steps, temperature 1 and 6 student epochs, the earlier defaults are "v1").
+``--plan zoo`` is the attack-zoo sweep of BENCHMARKS.md: every attack at seeds 0-2 (Blended 0-4),
+with the defaults and with "v1" side by side.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ ATTACKS = list(ATTACK_REGISTRY.names())  # every registered attack, as `demo --a
 # name -> run_demo overrides (DemoSettings fields; "variation_options" for ImageVariation)
 CONFIGS: dict[str, dict] = {
     "default": {},
+    # the defaults until 2026-11-29 (3 variations of 20 steps, temperature 4, 12 student epochs), spelled out
+    "v1": {"temperature": 4.0, "student_epochs": 12.0,
+           "variation_options": {"num_inference_steps": 20, "num_variations": 3}},
+    "fast": {"variation_options": {"speed": "fast"}},
     "smoke": {"train_rows": 60, "test_rows": 40, "teacher_epochs": 1, "student_epochs": 1,
               "variation_options": {"num_inference_steps": 4, "num_variations": 1}},
     "alpha0.5": {"alpha": 0.5},
@@ -52,6 +59,25 @@ CONFIGS: dict[str, dict] = {
     "color_transfer": {"variation_options": {"color_transfer": True}},
     "deterministic": {"variation_options": {"stochastic": False}},
     "steps10": {"variation_options": {"num_inference_steps": 10}},
+    # the fast preset (half the steps) with twice the variations: the default's denoising cost
+    "fast_nv6": {"variation_options": {"speed": "fast", "num_variations": 6}},
+    "s0.65": {"variation_options": {"strength": 0.65}},
+    "s0.7_fast_nv6": {"variation_options": {"strength": 0.7, "speed": "fast", "num_variations": 6}},
+    "nv6": {"variation_options": {"num_variations": 6}},
+    "T2": {"temperature": 2.0},
+    "T1": {"temperature": 1.0},
+    "T1_s0.7": {"temperature": 1.0, "variation_options": {"strength": 0.7}},
+    "T1_fast_nv6": {"temperature": 1.0, "variation_options": {"speed": "fast", "num_variations": 6}},
+    "T1_s0.7_fast_nv6": {"temperature": 1.0, "variation_options": {"strength": 0.7, "speed": "fast",
+                                                                   "num_variations": 6}},
+    "T1_nv6": {"temperature": 1.0, "variation_options": {"num_variations": 6}},
+    "T1_own": {"temperature": 1.0, "teacher_logits": "own"},
+    "T1_se6": {"temperature": 1.0, "student_epochs": 6.0},
+    "T1_fast_nv6_se6": {"temperature": 1.0, "student_epochs": 6.0,
+                        "variation_options": {"speed": "fast", "num_variations": 6}},
+    "T1_nv6_se6": {"temperature": 1.0, "student_epochs": 6.0, "variation_options": {"num_variations": 6}},
+    "T1_fast_nv12": {"temperature": 1.0, "variation_options": {"speed": "fast", "num_variations": 12}},
+    "fast_nv6_se6": {"student_epochs": 6.0, "variation_options": {"speed": "fast", "num_variations": 6}},
 }
 
 
@@ -64,6 +90,11 @@ def plan(name: str, seeds: list[int]) -> list[tuple[str, str, int]]:
         jobs += [(c, "blended", s) for c in ("s0.7", "s0.8") for s in seeds[:3]]
         jobs += [("alpha0.5", "blended", s) for s in seeds[:3]]
         jobs += [(c, "blended", seeds[0]) for c in ("nv1", "color_transfer", "deterministic", "own_logits", "T10")]
+    if name == "zoo":  # defaults and the earlier defaults side by side, every attack, Blended at 5 seeds
+        for seed in seeds:
+            for config in ("default", "v1"):
+                jobs += [(config, a, seed) for a in ATTACKS if seed < 3 or a == "blended"]
+        jobs += [("fast", a, 0) for a in ("wanet", "adaptive_blend", "adaptive_patch")] + [("fast", "blended", 4)]
     if name in ("defaults", "full"):
         jobs += [("default", a, s) for s in seeds for a in ATTACKS]
     if name == "full":
@@ -90,6 +121,7 @@ def run_job(job: tuple[str, str, int]) -> dict:
 
     config, attack, seed = job
     overrides = json.loads(json.dumps(CONFIGS[config]))
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as out:
         import contextlib
         import io
@@ -97,7 +129,10 @@ def run_job(job: tuple[str, str, int]) -> dict:
         with contextlib.redirect_stderr(io.StringIO()):  # the trainers' progress bars
             result = run_demo(attack, Path(out) / "demo", seed=seed, **overrides)
     return {"config": config, "attack": attack, "seed": seed, "seconds": result["seconds"],
-            "timings": result["timings"], "models": result["models"], "detection": result.get("detection")}
+            "timings": result["timings"], "models": result["models"], "detection": result.get("detection"),
+            # what produced the numbers: the attack as planted, the variation settings, the machine's load
+            "overrides": overrides, "attack_config": result.get("attack_config"), "variation": result.get("variation"),
+            "rows": result.get("rows"), "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def sweep(jobs, workers: int, out: Path, time_budget: float) -> None:
@@ -167,6 +202,47 @@ def summarize(path: Path) -> str:
     return "\n".join(lines)
 
 
+def verdict(runs: list[dict]) -> str:
+    """Issue 11's targets: teacher ASR >= 0.90 (planted); student ASR <= 0.05 (0.10 floor) with C-Acc within 0.02."""
+    def value(run, model, key):
+        return run["models"][model][key]
+
+    planted = all(value(r, "teacher", "attack_success_rate") >= 0.90 for r in runs)
+    worst = max(value(r, "student", "attack_success_rate") for r in runs)
+    kept = all(value(r, "teacher", "clean_accuracy") - value(r, "student", "clean_accuracy") <= 0.02 for r in runs)
+    removal = "removed" if worst <= 0.05 else "removed to the 0.10 floor" if worst <= 0.10 else "NOT removed"
+    return (("planted" if planted else "NOT planted") + f", {removal}"
+            + ("" if kept else ", C-Acc more than 0.02 below the teacher's"))
+
+
+def zoo_table(records: list[dict], config: str = "default") -> str:
+    """Markdown: per attack, teacher / student / variations_ce C-Acc, ASR and R-Acc (means over seeds),
+    the worst seed (highest student ASR), seconds per run and the verdict against issue 11's targets."""
+    groups = defaultdict(dict)
+    for record in records:
+        if "models" in record and record["config"] == config:
+            groups[record["attack"]][record["seed"]] = record  # newest run per seed
+    metrics = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
+    lines = ["| attack | seeds | teacher C-Acc / ASR / R-Acc | student C-Acc / ASR / R-Acc "
+             "| variations_ce C-Acc / ASR / R-Acc | worst seed: student C-Acc / ASR (teacher C-Acc) | s / run "
+             "| verdict |", "|---|---|---|---|---|---|---|---|"]
+    for attack in sorted(groups, key=lambda name: ATTACKS.index(name) if name in ATTACKS else len(ATTACKS)):
+        runs = [groups[attack][seed] for seed in sorted(groups[attack])]
+
+        def means(model):
+            return " / ".join(f"{sum(r['models'][model][k] for r in runs) / len(runs):.3f}" for k in metrics)
+
+        worst = max(runs, key=lambda r: (r["models"]["student"]["attack_success_rate"],
+                                         r["models"]["teacher"]["clean_accuracy"]
+                                         - r["models"]["student"]["clean_accuracy"]))
+        lines.append(
+            f"| {attack} | {','.join(str(r['seed']) for r in runs)} | {means('teacher')} | {means('student')} "
+            f"| {means('variations_ce')} | seed {worst['seed']}: {worst['models']['student']['clean_accuracy']:.3f} / "
+            f"{worst['models']['student']['attack_success_rate']:.3f} ({worst['models']['teacher']['clean_accuracy']:.3f}) "
+            f"| {sum(r['seconds'] for r in runs) / len(runs):.0f} | {verdict(runs)} |")
+    return "\n".join(lines)
+
+
 def detection_table(records: list[dict]) -> str:
     """Markdown: per attack and seed, detection AUROC of every score, precision/recall at Otsu's
     threshold, and the cleaned student beside the plain one."""
@@ -188,7 +264,7 @@ def detection_table(records: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", choices=["smoke", "defaults", "blended", "full"], default="defaults")
+    parser.add_argument("--plan", choices=["smoke", "defaults", "blended", "full", "zoo"], default="defaults")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", nargs="+", metavar="CONFIG:ATTACK:SEED",
                         help="Run exactly these jobs instead of a --plan (e.g. s0.7:badnets:0).")
@@ -197,9 +273,16 @@ def main() -> None:
                         help="Seconds after which no new job starts (running ones finish).")
     parser.add_argument("--out", type=Path, default=Path("demo_sweep.jsonl"))
     parser.add_argument("--summarize", type=Path, help="Only print the tables of an earlier sweep's file.")
+    parser.add_argument("--zoo", metavar="CONFIG",
+                        help="With --summarize: the attack-zoo table (every model's C-Acc, ASR, R-Acc and the "
+                             "verdict per attack) of this config instead.")
     args = parser.parse_args()
     if args.summarize:
-        print(summarize(args.summarize))
+        if args.zoo:
+            records = [json.loads(line) for line in args.summarize.read_text().splitlines() if line.strip()]
+            print(zoo_table(records, args.zoo))
+        else:
+            print(summarize(args.summarize))
         return
     if args.jobs:
         jobs = []
