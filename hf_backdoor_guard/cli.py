@@ -7,6 +7,19 @@ import logging
 import sys
 
 
+def add_embedded_run_options(parser: argparse.ArgumentParser, command: str, default_dir: str, dir_help: str) -> None:
+    """--attack, --seed, --output-dir and --overwrite: what demo and compare share (both run the embedded benchmark)."""
+    from .attacks import ATTACKS  # numpy + PIL only: the registry is cheap to read
+
+    parser.add_argument("--attack", default="badnets", choices=[*ATTACKS.names(), "all"],
+                        help="A registered attack, or 'all' to run every one.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default=default_dir, help=dir_help)
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"Start over in an earlier {command}'s folder with other settings (removes only its "
+                        "outputs).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .attacks import ATTACKS  # numpy + PIL only: the registry is cheap to read
 
@@ -22,14 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Poison the embedded digits data, train a teacher, generate variations with the "
         "embedded diffusion model, distil a student and report C-Acc / ASR / R-Acc.",
     )
-    demo.add_argument("--attack", default="badnets", choices=[*ATTACKS.names(), "all"],
-                      help="A registered attack, or 'all' to run every one.")
-    demo.add_argument("--output-dir", default="backdoor-guard-demo", help="Where the report is written.")
-    demo.add_argument("--seed", type=int, default=0)
+    add_embedded_run_options(demo, "demo", "backdoor-guard-demo", "Where the report is written.")
     demo.add_argument("--push-to-hub", metavar="REPO", default=None,
                       help="Publish the distilled student to this Hub repo with a model card (one attack only).")
-    demo.add_argument("--overwrite", action="store_true",
-                      help="Start over in an earlier demo's folder with other settings (removes only its outputs).")
 
     compare = commands.add_parser(
         "compare",
@@ -39,17 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         "on the same poisoned data, and write leaderboard.json, leaderboard.md and a C-Acc vs. ASR figure "
         "(DER against 'none') to --output-dir. Every run is cached there, so a rerun resumes.",
     )
-    compare.add_argument("--attack", default="badnets", choices=[*ATTACKS.names(), "all"],
-                         help="A registered attack, or 'all' to run every one.")
-    compare.add_argument("--seed", type=int, default=0)
-    compare.add_argument("--output-dir", default="backdoor-guard-compare", help="Where the leaderboard is written.")
+    add_embedded_run_options(compare, "compare", "backdoor-guard-compare", "Where the leaderboard is written.")
     compare.add_argument("--defenses", nargs="+", metavar="NAME", default=None,
                          help="Peer defenses to run (names or a comma-separated list; default: every registered "
                          "one and the *_tuned rows). 'none', 'student' and 'student_cleaned' always run. "
                          "--list-defenses prints the names and what each assumes.")
     compare.add_argument("--list-defenses", action="store_true", help="Print every defense row and exit.")
-    compare.add_argument("--overwrite", action="store_true",
-                         help="Start over in an earlier compare's folder (removes only its outputs).")
 
     defend = commands.add_parser(
         "defend",

@@ -105,9 +105,10 @@ def train_surrogate(clean_data, seed: int = 0, epochs: float = 12.0, epsilon: fl
     visible features of other classes, as Turner et al. want. Trained once per process
     for each (data, seed, epochs, epsilon) and then reused.
     """
+    from ..caching import dataset_fingerprint
     from ..demo import build_classifier
 
-    key = (getattr(clean_data, "_fingerprint", id(clean_data)), seed, epochs, epsilon)
+    key = (dataset_fingerprint(clean_data), seed, epochs, epsilon)
     if key not in _SURROGATES:
         num_labels = clean_data.features["label"].num_classes
         model, processor = build_classifier(num_labels, seed=seed + 1000)  # not the teacher's initialisation
