@@ -14,6 +14,12 @@ clean model's.
     python benchmarks/plant_attacks.py --attacks wanet --option wanet.k=8 --option wanet.strength=1.0
     python benchmarks/plant_attacks.py --attacks sig --rate sig=1.0 --tag "all target rows"
     python benchmarks/plant_attacks.py --summarize benchmarks/plant_attacks_results.jsonl [--compact]
+    python benchmarks/plant_attacks.py --clean-asr          # a clean model's "ASR" under each test trigger
+
+``--clean-asr`` measures the floor a defence cannot go below: a model trained on clean data
+only, per seed, evaluated with every attack's embedded test trigger. A strong trigger (SIG's
+test signal of 160 grey levels) corrupts inputs enough that some land in the target class
+with no backdoor at all.
 """
 
 from __future__ import annotations
@@ -94,6 +100,29 @@ def clean_accuracy(seed: int, epochs: float, data, records: list[dict], out: Pat
     append(out, record)
     records.append(record)
     return result["clean_accuracy"]
+
+
+def clean_model_asr(names, seeds, epochs: float, data, out: Path) -> None:
+    """Train a clean model per seed and record its ASR and R-Acc under each attack's embedded test trigger."""
+    from hf_backdoor_guard.demo import build_classifier
+    from hf_backdoor_guard.embedded.attacks import embedded_attack
+    from hf_backdoor_guard.evaluation import evaluate_backdoor
+    from hf_backdoor_guard.training import train_classifier
+
+    for seed in seeds:
+        model, processor = build_classifier(10, seed=seed)
+        with tempfile.TemporaryDirectory(prefix="hbg-clean-") as scratch:
+            train_classifier(model, data["train"], training_args(scratch, seed, epochs), image_processor=processor,
+                             augment=False)
+        for name in names:
+            attack, _ = embedded_attack(name, seed=seed, clean_data=data["pretrain"])
+            result = evaluate_backdoor(model, data["test"], attack, TARGET, image_processor=processor,
+                                       batch_size=128, progress=False)
+            record = {"attack": name, "seed": seed, "epochs": epochs, "tag": "clean model",
+                      **{key: float(value) for key, value in result.items()}}
+            append(out, record)
+            print(f"clean model, {name} test trigger, seed {seed}: ASR {record['attack_success_rate']:.3f} "
+                  f"R-Acc {record['robust_accuracy']:.3f}", flush=True)
 
 
 def append(out: Path, record: dict) -> None:
@@ -204,6 +233,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tag", default="", help="A label for this setting in the tables.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON-lines file the runs are appended to.")
     parser.add_argument("--summarize", type=Path, help="Only print the tables of an earlier results file.")
+    parser.add_argument("--clean-asr", action="store_true",
+                        help="Instead: a clean model per seed, evaluated with every attack's test trigger.")
     parser.add_argument("--compact", action="store_true", help="With --summarize: one row per setting.")
     args = parser.parse_args(argv)
 
@@ -235,6 +266,11 @@ def main(argv=None) -> None:
             parsed[name] = float(value)
 
     data = load_digits_dataset(seed=0)
+    if args.clean_asr:
+        # its own file: these records have no poisoning setting, and the planting tables read --out
+        out = DEFAULT_OUT.with_name("clean_model_asr_results.jsonl") if args.out == DEFAULT_OUT else args.out
+        clean_model_asr(names, args.seeds, args.epochs, data, out)
+        return
     records = read(args.out)
     clean = {seed: clean_accuracy(seed, args.epochs, data, records, args.out) for seed in args.seeds}
     for name in names:
