@@ -78,6 +78,13 @@ CONFIGS: dict[str, dict] = {
     "T1_nv6_se6": {"temperature": 1.0, "student_epochs": 6.0, "variation_options": {"num_variations": 6}},
     "T1_fast_nv12": {"temperature": 1.0, "variation_options": {"speed": "fast", "num_variations": 12}},
     "fast_nv6_se6": {"student_epochs": 6.0, "variation_options": {"speed": "fast", "num_variations": 6}},
+    # SIG seed 1 (0.115 with the defaults of 2026-11-29): one knob of the defaults back at a time
+    "T4": {"temperature": 4.0},
+    "se12": {"student_epochs": 12.0},
+    "steps20": {"variation_options": {"num_inference_steps": 20}},
+    # strength 0.7 / temperature 2 on the defaults of 2026-11-29 ("s0.7", "T2" records before that are on "v1")
+    "v2_s0.7": {"variation_options": {"strength": 0.7}},
+    "v2_T2": {"temperature": 2.0},
 }
 
 
