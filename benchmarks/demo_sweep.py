@@ -85,6 +85,7 @@ CONFIGS: dict[str, dict] = {
     # strength 0.7 / temperature 2 on the defaults of 2026-11-29 ("s0.7", "T2" records before that are on "v1")
     "v2_s0.7": {"variation_options": {"strength": 0.7}},
     "v2_T2": {"temperature": 2.0},
+    "se9": {"student_epochs": 9.0},
 }
 
 
