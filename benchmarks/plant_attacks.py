@@ -71,22 +71,35 @@ def training_args(output_dir: str, seed: int, epochs: float):
     )
 
 
-def train_teacher(train, test, seed: int, epochs: float, attack=None):
-    """Train the demo teacher on ``train``; its C-Acc on ``test`` and, with an attack, its ASR."""
+def train_model(train, seed: int, epochs: float):
+    """The demo's classifier trained on ``train`` with the demo's settings; ``(model, processor)``."""
     from hf_backdoor_guard.demo import build_classifier
-    from hf_backdoor_guard.evaluation import evaluate_backdoor, predict_logits
     from hf_backdoor_guard.training import train_classifier
 
     model, processor = build_classifier(10, seed=seed)
     with tempfile.TemporaryDirectory(prefix="hbg-plant-") as scratch:
         train_classifier(model, train, training_args(scratch, seed, epochs), image_processor=processor,
                          augment=False)
-    if attack is None:
-        logits = predict_logits(model, test, processor, batch_size=128, progress=False)
-        return {"clean_accuracy": float((logits.argmax(1) == np.asarray(test["label"])).mean())}
+    return model, processor
+
+
+def backdoor_metrics(model, processor, test, attack) -> dict[str, float]:
+    from hf_backdoor_guard.evaluation import evaluate_backdoor
+
     result = evaluate_backdoor(model, test, attack, TARGET, image_processor=processor, batch_size=128,
                                progress=False)
     return {key: float(value) for key, value in result.items()}
+
+
+def train_teacher(train, test, seed: int, epochs: float, attack=None):
+    """Train the demo teacher on ``train``; its C-Acc on ``test`` and, with an attack, its ASR."""
+    from hf_backdoor_guard.evaluation import predict_logits
+
+    model, processor = train_model(train, seed, epochs)
+    if attack is None:
+        logits = predict_logits(model, test, processor, batch_size=128, progress=False)
+        return {"clean_accuracy": float((logits.argmax(1) == np.asarray(test["label"])).mean())}
+    return backdoor_metrics(model, processor, test, attack)
 
 
 def clean_accuracy(seed: int, epochs: float, data, records: list[dict], out: Path) -> float:
@@ -104,22 +117,14 @@ def clean_accuracy(seed: int, epochs: float, data, records: list[dict], out: Pat
 
 def clean_model_asr(names, seeds, epochs: float, data, out: Path) -> None:
     """Train a clean model per seed and record its ASR and R-Acc under each attack's embedded test trigger."""
-    from hf_backdoor_guard.demo import build_classifier
     from hf_backdoor_guard.embedded.attacks import embedded_attack
-    from hf_backdoor_guard.evaluation import evaluate_backdoor
-    from hf_backdoor_guard.training import train_classifier
 
     for seed in seeds:
-        model, processor = build_classifier(10, seed=seed)
-        with tempfile.TemporaryDirectory(prefix="hbg-clean-") as scratch:
-            train_classifier(model, data["train"], training_args(scratch, seed, epochs), image_processor=processor,
-                             augment=False)
+        model, processor = train_model(data["train"], seed, epochs)
         for name in names:
             attack, _ = embedded_attack(name, seed=seed, clean_data=data["pretrain"])
-            result = evaluate_backdoor(model, data["test"], attack, TARGET, image_processor=processor,
-                                       batch_size=128, progress=False)
             record = {"attack": name, "seed": seed, "epochs": epochs, "tag": "clean model",
-                      **{key: float(value) for key, value in result.items()}}
+                      **backdoor_metrics(model, processor, data["test"], attack)}
             append(out, record)
             print(f"clean model, {name} test trigger, seed {seed}: ASR {record['attack_success_rate']:.3f} "
                   f"R-Acc {record['robust_accuracy']:.3f}", flush=True)
