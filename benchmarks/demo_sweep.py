@@ -115,7 +115,8 @@ def plan(name: str, seeds: list[int]) -> list[tuple[str, str, int]]:
     return jobs
 
 
-def run_job(job: tuple[str, str, int]) -> dict:
+def quiet_worker() -> None:
+    """A sweep worker's set-up: offline, one torch thread, no progress bars."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -125,6 +126,10 @@ def run_job(job: tuple[str, str, int]) -> dict:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()
+
+
+def run_job(job: tuple[str, str, int]) -> dict:
+    quiet_worker()
     from hf_backdoor_guard.demo import run_demo
 
     config, attack, seed = job
@@ -143,7 +148,8 @@ def run_job(job: tuple[str, str, int]) -> dict:
             "rows": result.get("rows"), "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
-def sweep(jobs, workers: int, out: Path, time_budget: float) -> None:
+def sweep(jobs, workers: int, out: Path, time_budget: float, run=run_job) -> None:
+    """Run ``run(job)`` for each job, ``workers`` at a time, each in a fresh process; append its record to ``out``."""
     started = time.time()
     pending = list(jobs)
     import multiprocessing
@@ -156,7 +162,7 @@ def sweep(jobs, workers: int, out: Path, time_budget: float) -> None:
         while pending or running:
             while pending and len(running) < workers and time.time() - started < time_budget:
                 job = pending.pop(0)
-                running[pool.submit(run_job, job)] = job
+                running[pool.submit(run, job)] = job
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)

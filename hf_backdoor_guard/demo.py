@@ -98,15 +98,15 @@ def demo_config(attack: str, output_dir: Path, seed: int, settings: DemoSettings
     )
 
 
-def run_embedded(config, attack_name: str, seed: int, *, owner: str, report_title: str):
-    """``run_defend`` on the embedded benchmark: digits, the attack's embedded setting, the embedded diffusion model.
+def embedded_inputs(config, attack_name: str, seed: int) -> tuple[dict, Any]:
+    """``run_defend``'s data and attack on the embedded benchmark, and the clean pretraining split.
 
-    Returns ``(result, attack, pretrain)``: ``run_defend``'s result, the attack it planted, and the clean
-    pretraining split (``compare`` draws the peer defenses' clean subset from it).
+    Returns ``(inputs, pretrain)``: ``inputs`` holds ``train``, ``eval_ds``, ``attack`` (the attack's
+    embedded setting at ``seed``), ``poison_kwargs`` and ``data_settings``; ``config.poison_rate``
+    is set to the attack's. ``compare`` draws the peer defenses' clean subset from ``pretrain``.
     """
     from .data import load_digits_dataset
     from .embedded.attacks import embedded_attack
-    from .pipeline.defend import run_defend
 
     # The split seed stays 0: the embedded diffusion model was pretrained on that split's
     # "pretrain" rows, and only those; the run's seed varies everything else.
@@ -114,9 +114,22 @@ def run_embedded(config, attack_name: str, seed: int, *, owner: str, report_titl
     attack, poison_kwargs = embedded_attack(attack_name, seed=seed, clean_data=data["pretrain"])
     config.poison_rate = poison_kwargs.get("rate", config.poison_rate)
     logger.info("[%s] digits, %r, %s", attack_name, attack, poison_kwargs)
-    result = run_defend(config, train=data["train"], eval_ds=data["test"], attack=attack, poison_kwargs=poison_kwargs,
-                        data_settings={"dataset": EMBEDDED_DATA_NAME}, owner=owner, report_title=report_title)
-    return result, attack, data["pretrain"]
+    inputs = dict(train=data["train"], eval_ds=data["test"], attack=attack, poison_kwargs=poison_kwargs,
+                  data_settings={"dataset": EMBEDDED_DATA_NAME})
+    return inputs, data["pretrain"]
+
+
+def run_embedded(config, attack_name: str, seed: int, *, owner: str, report_title: str):
+    """``run_defend`` on the embedded benchmark: digits, the attack's embedded setting, the embedded diffusion model.
+
+    Returns ``(result, attack, pretrain)``: ``run_defend``'s result, the attack it planted, and the clean
+    pretraining split (see :func:`embedded_inputs`).
+    """
+    from .pipeline.defend import run_defend
+
+    inputs, pretrain = embedded_inputs(config, attack_name, seed)
+    result = run_defend(config, **inputs, owner=owner, report_title=report_title)
+    return result, inputs["attack"], pretrain
 
 
 def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSettings,

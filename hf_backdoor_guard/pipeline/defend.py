@@ -161,6 +161,69 @@ def _process_device(device: str) -> str:
     return device
 
 
+def run_plan(config: DefendConfig, inputs: Inputs) -> dict[str, dict]:
+    """Every stage's settings for ``config`` (what decides its cached output), by stage name."""
+    plan = {name: stage_settings(config, name) for name in
+            ("data", "teacher", "variations", "detection", "student", "student_cleaned", "evaluation")}
+    plan["data"].update(inputs.data_settings or {})
+    if inputs.attack is not None:
+        plan["data"].update(attack_config=inputs.attack.config(), poison_kwargs=inputs.poison_kwargs)
+    if config.baselines:
+        plan["variations_ce"] = stage_settings(config, "variations_ce")
+    return plan
+
+
+@dataclass
+class Shared:
+    """What every student is trained from: the data, the teacher, the variations, detection, and how to train."""
+
+    data: dict
+    teacher: Any
+    processor: Any
+    variations: Any
+    detection: dict
+    classifier: dict  # build_classifier's options
+    training: dict  # training_arguments' options every model shares
+    num_variations: int  # per source image
+
+
+def shared_stages(run: RunFolder, config: DefendConfig, inputs: Inputs, plan: dict, device: str) -> Shared:
+    """The stages before the students (data, teacher, variations, detection), run or reused from ``run``."""
+    data = stages.data_stage(run, inputs.train, inputs.eval_ds, settings=plan["data"], attack=inputs.attack,
+                             target_label=config.target_label, poison_kwargs=inputs.poison_kwargs, seed=config.seed)
+    classifier = dict(model=config.model, label_names=inputs.label_names, image_size=config.image_size,
+                      width=config.width)
+    classifier = {key: value for key, value in classifier.items() if value is not None}
+    training = dict(batch_size=config.batch_size, learning_rate=config.learning_rate,
+                    weight_decay=config.weight_decay, use_cpu=device == "cpu")
+    teacher_args = stages.training_arguments(run.path, seed=config.seed, epochs=config.num_train_epochs, **training)
+    teacher, processor = stages.teacher_stage(run, data["train"], settings=plan["teacher"], training_args=teacher_args,
+                                              seed=config.seed, augment=config.augment, **classifier)
+    nv = _num_variations(config)
+    variations = stages.variations_stage(
+        run, data["train"], settings=plan["variations"], variation=variation_factory(config, device),
+        batch_size=max(1, config.variation_batch_size // nv), shard_size=config.variation_shard_size)
+    teacher.to(device)
+    detection = stages.detection_stage(
+        run, teacher, processor, data["train"], variations, settings=plan["detection"], score=config.detection_score,
+        threshold=config.detection_threshold, budget=config.detection_budget)
+    return Shared(data, teacher, processor, variations, detection, classifier, training, nv)
+
+
+def student_arguments(run: RunFolder, config: DefendConfig, shared: Shared, *, distill: bool = True,
+                      seed: int | None = None, student_epochs: float | None = None):
+    """The training arguments of ``config``'s models on the variations (distilled, or ``variations_ce``'s).
+
+    ``student_epochs`` (default ``config``'s) counts passes over the source images: the
+    student takes as many optimiser steps per source image as that many teacher epochs.
+    ``seed`` (default ``config.seed``) orders the data.
+    """
+    epochs = (student_epochs or config.student_epochs or config.num_train_epochs) / shared.num_variations
+    distillation = dict(distill=True, alpha=config.alpha, temperature=config.temperature) if distill else {}
+    return stages.training_arguments(run.path, seed=config.seed if seed is None else seed, epochs=epochs,
+                                     **distillation, **shared.training)
+
+
 def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, poison_kwargs=None,
                data_settings: dict | None = None, owner: str = OWNER, report_title: str | None = None) -> dict:
     """Run the method as ``config`` says; return the numbers written to ``metrics.json``.
@@ -175,71 +238,37 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
                      data_settings=data_settings, owner=owner)
     output_dir = Path(config.output_dir)
     device = _process_device(config.resolved_device())
-    use_cpu = device == "cpu"
     state = process_state()
     with _claimed(output_dir, owner, config.overwrite, state.is_main):
         run = RunFolder(output_dir / STAGES_DIR, option="--output-dir",
                         restart_hint=", or pass --overwrite to start over (it removes only what backdoor-guard "
                                      "wrote there)")
-        nv = _num_variations(config)
-        data_extra = dict(inputs.data_settings or {})
-        if inputs.attack is not None:
-            data_extra.update(attack_config=inputs.attack.config(), poison_kwargs=inputs.poison_kwargs)
-        plan = {name: stage_settings(config, name) for name in
-                ("data", "teacher", "variations", "detection", "student", "student_cleaned", "evaluation")}
-        plan["data"].update(data_extra)
-        if config.baselines:
-            plan["variations_ce"] = stage_settings(config, "variations_ce")
+        plan = run_plan(config, inputs)
         run.check(plan)
-
-        data = stages.data_stage(run, inputs.train, inputs.eval_ds, settings=plan["data"], attack=inputs.attack,
-                                 target_label=config.target_label, poison_kwargs=inputs.poison_kwargs,
-                                 seed=config.seed)
-        train, evaluation = data["train"], data["eval"]
-        classifier = dict(model=config.model, label_names=inputs.label_names, image_size=config.image_size,
-                          width=config.width)
-        classifier = {key: value for key, value in classifier.items() if value is not None}
-        training = dict(batch_size=config.batch_size, learning_rate=config.learning_rate,
-                        weight_decay=config.weight_decay, use_cpu=use_cpu)
-        teacher_args = stages.training_arguments(run.path, seed=config.seed, epochs=config.num_train_epochs,
-                                                 **training)
-        teacher, processor = stages.teacher_stage(run, train, settings=plan["teacher"], training_args=teacher_args,
-                                                  seed=config.seed, augment=config.augment, **classifier)
-        variations = stages.variations_stage(
-            run, train, settings=plan["variations"], variation=variation_factory(config, device),
-            batch_size=max(1, config.variation_batch_size // nv), shard_size=config.variation_shard_size)
-        teacher.to(device)
-        detection = stages.detection_stage(
-            run, teacher, processor, train, variations, settings=plan["detection"], score=config.detection_score,
-            threshold=config.detection_threshold, budget=config.detection_budget)
-
-        # The student takes as many optimiser steps per source image as the teacher: epochs over the variations.
-        student_args = stages.training_arguments(
-            run.path, seed=config.seed, epochs=(config.student_epochs or config.num_train_epochs) / nv,
-            distill=True, alpha=config.alpha, temperature=config.temperature, **training)
-        models = {"teacher": (teacher, processor)}
+        shared = shared_stages(run, config, inputs, plan, device)
+        student_args = student_arguments(run, config, shared)
+        models = {"teacher": (shared.teacher, shared.processor)}
         for name, keep_flagged in (("student", True), ("student_cleaned", False)):
             models[name] = stages.student_stage(
-                run, name, variations, detection, settings=plan[name], training_args=student_args,
-                seed=config.seed + 1, teacher_logits=config.teacher_logits, keep_flagged=keep_flagged, **classifier)
+                run, name, shared.variations, shared.detection, settings=plan[name], training_args=student_args,
+                seed=config.seed + 1, teacher_logits=config.teacher_logits, keep_flagged=keep_flagged,
+                **shared.classifier)
         if config.baselines:
-            baseline_args = stages.training_arguments(run.path, seed=config.seed,
-                                                      epochs=(config.student_epochs or config.num_train_epochs) / nv,
-                                                      **training)
-            models["variations_ce"] = stages.baseline_stage(run, "variations_ce", variations,
+            baseline_args = student_arguments(run, config, shared, distill=False)
+            models["variations_ce"] = stages.baseline_stage(run, "variations_ce", shared.variations,
                                                             settings=plan["variations_ce"], training_args=baseline_args,
-                                                            seed=config.seed + 1, **classifier)
+                                                            seed=config.seed + 1, **shared.classifier)
         for model, _ in models.values():
             model.to(device)
-        scores = stages.evaluation_stage(run, models, evaluation, settings=plan["evaluation"], attack=inputs.attack,
-                                         target_label=config.target_label)
+        scores = stages.evaluation_stage(run, models, shared.data["eval"], settings=plan["evaluation"],
+                                         attack=inputs.attack, target_label=config.target_label)
         result = None
         if run.is_main_process:
             # Recorded before they are written (the checks before work found none of them to be the user's),
             # so a run killed while writing them leaves names the next run may replace.
             record_outputs(output_dir, OUTPUT_NAMES)
-            result = write_outputs(output_dir, run, config, inputs, data, variations, detection, scores,
-                                   student=models["student"], started=started, report_title=report_title)
+            result = write_outputs(output_dir, run, config, inputs, shared.data, shared.variations, shared.detection,
+                                   scores, student=models["student"], started=started, report_title=report_title)
         run.wait()
     return result if result is not None else {}
 
@@ -251,4 +280,5 @@ def defend_main(config: DefendConfig) -> dict:
     return run_defend(config)
 
 
-__all__ = ["OUTPUT_NAMES", "Inputs", "check_output_names", "defend_main", "prepare", "run_defend"]
+__all__ = ["OUTPUT_NAMES", "Inputs", "Shared", "check_output_names", "defend_main", "prepare", "run_defend", "run_plan",
+           "shared_stages", "student_arguments"]

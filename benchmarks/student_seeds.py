@@ -1,0 +1,154 @@
+"""How much of a student's ASR is the draw of its own seed: the same teacher, variations and
+detection, students distilled at several student seeds and lengths.
+
+Each job is one attack at one seed: the demo run with the defaults (teacher, variations,
+detection: the expensive part, kept in ``--runs-dir``), then, from that run's stages, a
+student per student seed and per number of student epochs. Student seed ``k`` initialises the
+student with seed ``seed + 1 + k`` and orders its data with ``seed + k``; student seed 0 at the
+demo's epochs is the demo's own student (each record says whether it gave the same numbers).
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/student_seeds.py --seeds 0 1 2 --student-seeds 0 1 2 3 4 \\
+        --epochs 6 9 12 --workers 2 --runs-dir /tmp/student-seeds --out benchmarks/student_seeds_results.jsonl
+    python benchmarks/student_seeds.py --summarize benchmarks/student_seeds_results.jsonl
+
+Resumable: jobs already in ``--out`` are skipped, and a job's finished stages in ``--runs-dir``
+are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.demo_sweep import ATTACKS, quiet_worker, sweep  # noqa: E402
+
+CONFIG = "student_seeds"
+
+
+def student_name(epochs: float, student_seed: int) -> str:
+    return f"student_e{epochs:g}_s{student_seed}"
+
+
+def run_job(job: tuple[str, str, int], runs_dir: Path, epochs: list[float], student_seeds: list[int]) -> dict:
+    quiet_worker()
+    import contextlib
+    import io
+
+    from hf_backdoor_guard.demo import DemoSettings, demo_config, embedded_inputs, run_single
+    from hf_backdoor_guard.pipeline import stages
+    from hf_backdoor_guard.pipeline.defend import STAGES_DIR, prepare, run_plan, shared_stages, student_arguments
+    from hf_backdoor_guard.pipeline.run_folder import RunFolder
+
+    _, attack_name, seed = job
+    started = time.time()
+    out = runs_dir / f"{attack_name}_{seed}"
+    settings = DemoSettings()
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):  # trainers' logs
+        demo = run_single(attack_name, out, seed, settings)  # reuses a finished run's stages
+        config = demo_config(attack_name, out, seed, settings)
+        inputs = prepare(config, **embedded_inputs(config, attack_name, seed)[0], owner="demo")
+        run = RunFolder(out / STAGES_DIR)
+        plan = run_plan(config, inputs)
+        shared = shared_stages(run, config, inputs, plan, "cpu")
+        students = {}
+        for student_epochs in epochs:
+            for student_seed in student_seeds:
+                name = student_name(student_epochs, student_seed)
+                args = student_arguments(run, config, shared, seed=seed + student_seed, student_epochs=student_epochs)
+                students[name] = stages.student_stage(
+                    run, name, shared.variations, shared.detection, training_args=args, seed=seed + 1 + student_seed,
+                    settings={**plan["student"], "student_epochs": student_epochs, "student_seed": student_seed},
+                    teacher_logits=config.teacher_logits, **shared.classifier)
+        scores = stages.evaluation_stage(run, students, shared.data["eval"], attack=inputs.attack,
+                                         settings={**plan["evaluation"], "models": sorted(students)},
+                                         target_label=config.target_label, name="evaluation_student_seeds",
+                                         output="evaluation_student_seeds.json")
+    own = scores.get(student_name(settings.student_epochs, 0)) if 0 in student_seeds else None
+    return {"config": CONFIG, "attack": attack_name, "seed": seed, "seconds": round(time.time() - started, 1),
+            "demo": demo["models"], "models": scores, "epochs": epochs, "student_seeds": student_seeds,
+            "demo_student_epochs": settings.student_epochs,
+            "reproduces_demo": None if own is None else own == demo["models"]["student"]}
+
+
+def summarize(records: list[dict]) -> str:
+    """Markdown: per student-epochs setting, ASR over every (attack, seed, student seed) draw, then per attack."""
+    draws = defaultdict(list)  # epochs -> [(attack, seed, student seed, ASR, C-Acc drop from the teacher)]
+    for record in records:
+        teacher = record["demo"]["teacher"]["clean_accuracy"]
+        for student_epochs in record["epochs"]:
+            for student_seed in record["student_seeds"]:
+                scores = record["models"][student_name(student_epochs, student_seed)]
+                draws[student_epochs].append((record["attack"], record["seed"], student_seed,
+                                              scores["attack_success_rate"], teacher - scores["clean_accuracy"]))
+    lines = ["| student epochs | draws | mean ASR | worst ASR | ASR > 0.05 | ASR > 0.10 | C-Acc drop > 0.02 "
+             "| mean C-Acc drop |", "|---|---|---|---|---|---|---|---|"]
+    for student_epochs, rows in sorted(draws.items()):
+        asr = [row[3] for row in rows]
+        drop = [row[4] for row in rows]
+        lines.append(f"| {student_epochs:g} | {len(rows)} | {statistics.mean(asr):.3f} | {max(asr):.3f} "
+                     f"| {sum(a > 0.05 for a in asr)} | {sum(a > 0.10 for a in asr)} "
+                     f"| {sum(d > 0.02 + 1e-9 for d in drop)} | {statistics.mean(drop):+.3f} |")
+    epochs = sorted(draws)
+    lines += ["", "| attack | seeds | " + " | ".join(f"{e:g} epochs: mean / worst ASR (over {{seed x student seed}}), "
+                                                   f"worst C-Acc drop" for e in epochs) + " |",
+              "|---|---|" + "---|" * len(epochs)]
+    for attack in ATTACKS:
+        cells, seeds = [], set()
+        for student_epochs in epochs:
+            rows = [row for row in draws[student_epochs] if row[0] == attack]
+            if not rows:
+                break
+            seeds |= {row[1] for row in rows}
+            worst = max(rows, key=lambda row: row[3])
+            cells.append(f"{statistics.mean(row[3] for row in rows):.3f} / {worst[3]:.3f} (seed {worst[1]}, "
+                         f"student seed {worst[2]}), {max(row[4] for row in rows):+.3f}")
+        if len(cells) == len(epochs):
+            lines.append(f"| {attack} | {','.join(map(str, sorted(seeds)))} | " + " | ".join(cells) + " |")
+    mismatched = [f"{r['attack']} seed {r['seed']}" for r in records if r.get("reproduces_demo") is False]
+    if mismatched:
+        lines += ["", f"Student seed 0 did NOT reproduce the demo's student for: {', '.join(mismatched)}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--blended-seeds", nargs="*", type=int, default=[3, 4],
+                        help="Extra seeds for Blended (issue 11 asks for seeds 0-4 there).")
+    parser.add_argument("--student-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", nargs="+", type=float, default=[6.0, 9.0, 12.0],
+                        help="Student epochs (passes over the source images) to compare.")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--runs-dir", type=Path, default=Path("student_seeds_runs"),
+                        help="Where the demo runs are kept (reused by a rerun).")
+    parser.add_argument("--out", type=Path, default=Path("student_seeds.jsonl"))
+    parser.add_argument("--summarize", type=Path, help="Only print the tables of an earlier run's file.")
+    args = parser.parse_args()
+    if args.summarize:
+        print(summarize([json.loads(line) for line in args.summarize.read_text().splitlines() if line.strip()]))
+        return
+    jobs = [(CONFIG, attack, seed) for seed in args.seeds for attack in args.attacks]
+    if "blended" in args.attacks:
+        jobs += [(CONFIG, "blended", seed) for seed in args.blended_seeds if seed not in args.seeds]
+    if args.out.exists():
+        done = {(r["config"], r["attack"], r["seed"]) for r in map(json.loads, args.out.read_text().splitlines())
+                if "models" in r}
+        jobs = [job for job in jobs if job not in done]
+    print(f"{len(jobs)} jobs on {args.workers} worker(s)", flush=True)
+    run = partial(run_job, runs_dir=args.runs_dir.resolve(), epochs=args.epochs, student_seeds=args.student_seeds)
+    sweep(jobs, args.workers, args.out, float("inf"), run=run)
+    records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+    print(summarize([r for r in records if "models" in r]))
+
+
+if __name__ == "__main__":
+    main()
