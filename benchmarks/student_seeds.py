@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.demo_sweep import ATTACKS, quiet_worker, sweep  # noqa: E402
 
 CONFIG = "student_seeds"
+EVALUATION = "evaluation_student_seeds"  # the stage that measures every student of a job
 
 
 def student_name(epochs: float, student_seed: int) -> str:
@@ -67,10 +68,11 @@ def run_job(job: tuple[str, str, int], runs_dir: Path, epochs: list[float], stud
                     run, name, shared.variations, shared.detection, training_args=args, seed=seed + 1 + student_seed,
                     settings={**plan["student"], "student_epochs": student_epochs, "student_seed": student_seed},
                     teacher_logits=config.teacher_logits, **shared.classifier)
+        run.discard(EVALUATION)  # cheap, and an earlier job in this folder may have measured other students
         scores = stages.evaluation_stage(run, students, shared.data["eval"], attack=inputs.attack,
                                          settings={**plan["evaluation"], "models": sorted(students)},
-                                         target_label=config.target_label, name="evaluation_student_seeds",
-                                         output="evaluation_student_seeds.json")
+                                         target_label=config.target_label, name=EVALUATION,
+                                         output=f"{EVALUATION}.json")
     own = scores.get(student_name(settings.student_epochs, 0)) if 0 in student_seeds else None
     return {"config": CONFIG, "attack": attack_name, "seed": seed, "seconds": round(time.time() - started, 1),
             "demo": demo["models"], "models": scores, "epochs": epochs, "student_seeds": student_seeds,
@@ -134,7 +136,8 @@ def main() -> None:
     parser.add_argument("--summarize", type=Path, help="Only print the tables of an earlier run's file.")
     args = parser.parse_args()
     if args.summarize:
-        print(summarize([json.loads(line) for line in args.summarize.read_text().splitlines() if line.strip()]))
+        records = [json.loads(line) for line in args.summarize.read_text().splitlines() if line.strip()]
+        print(summarize([r for r in records if "models" in r]))
         return
     jobs = [(CONFIG, attack, seed) for seed in args.seeds for attack in args.attacks]
     if "blended" in args.attacks:
