@@ -3,12 +3,15 @@ detection, students distilled at several student seeds and lengths.
 
 Each job is one attack at one seed: the demo run with the defaults (teacher, variations,
 detection: the expensive part, kept in ``--runs-dir``), then, from that run's stages, a
-student per student seed and per number of student epochs. Student seed ``k`` initialises the
-student with seed ``seed + 1 + k`` and orders its data with ``seed + k``; student seed 0 at the
-demo's epochs is the demo's own student (each record says whether it gave the same numbers).
+student per student seed and per student setting (``EPOCHS[,lr=X][,wd=Y]``: student epochs,
+learning rate, weight decay). Student seed ``k`` initialises the student with seed
+``seed + 1 + k`` and orders its data with ``seed + k``; student seed 0 with the demo's settings
+is the demo's own student (each record says whether it gave the same numbers).
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/student_seeds.py --seeds 0 1 2 --student-seeds 0 1 2 3 4 \\
-        --epochs 6 9 12 --workers 2 --runs-dir /tmp/student-seeds --out benchmarks/student_seeds_results.jsonl
+        --students 6 9 12 --workers 2 --runs-dir /tmp/student-seeds --out benchmarks/student_seeds_results.jsonl
+    python benchmarks/student_seeds.py --jobs sig:1 adaptive_patch:0 --students 8 6,lr=0.001 6,wd=0.01 \\
+        --runs-dir /tmp/student-seeds --out benchmarks/student_seeds_explore.jsonl   # chosen hard cases
     python benchmarks/student_seeds.py --summarize benchmarks/student_seeds_results.jsonl
 
 Resumable: jobs already in ``--out`` are skipped, and a job's finished stages in ``--runs-dir``
@@ -34,11 +37,38 @@ CONFIG = "student_seeds"
 EVALUATION = "evaluation_student_seeds"  # the stage that measures every student of a job
 
 
-def student_name(epochs: float, student_seed: int) -> str:
-    return f"student_e{epochs:g}_s{student_seed}"
+TRAINING_OPTIONS = {"lr": "learning_rate", "wd": "weight_decay"}
 
 
-def run_job(job: tuple[str, str, int], runs_dir: Path, epochs: list[float], student_seeds: list[int]) -> dict:
+def parse_student(text: str) -> dict:
+    """``"9,lr=0.001"`` -> ``{"epochs": 9.0, "learning_rate": 0.001}`` (a student setting)."""
+    epochs, *options = text.split(",")
+    student = {"epochs": float(epochs)}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in TRAINING_OPTIONS:
+            raise argparse.ArgumentTypeError(f"unknown student option {key!r} in {text!r}; "
+                                             f"known: {sorted(TRAINING_OPTIONS)}")
+        student[TRAINING_OPTIONS[key]] = float(value)
+    return student
+
+
+def label(student: dict) -> str:
+    """A student setting's name: its epochs, then any option that differs from the demo's (``9 lr 0.001``)."""
+    short = {name: key for key, name in TRAINING_OPTIONS.items()}
+    return " ".join([f"{student['epochs']:g}"] + [f"{short[k]} {v:g}" for k, v in student.items() if k != "epochs"])
+
+
+def student_name(student: dict, student_seed: int) -> str:
+    return f"student_e{label(student).replace(' ', '_')}_s{student_seed}"
+
+
+def record_students(record: dict) -> list[dict]:
+    """The student settings of a record (the first records list epochs only)."""
+    return record.get("students") or [{"epochs": epochs} for epochs in record["epochs"]]
+
+
+def run_job(job: tuple[str, str, int], runs_dir: Path, students: list[dict], student_seeds: list[int]) -> dict:
     quiet_worker()
     import contextlib
     import io
@@ -60,59 +90,61 @@ def run_job(job: tuple[str, str, int], runs_dir: Path, epochs: list[float], stud
         plan = run_plan(config, inputs)
         shared = shared_stages(run, config, inputs, plan, "cpu")
         students = {}
-        for student_epochs in epochs:
+        models = {}
+        for student in students:
+            training = {key: value for key, value in student.items() if key != "epochs"}
             for student_seed in student_seeds:
-                name = student_name(student_epochs, student_seed)
-                args = student_arguments(run, config, shared, seed=seed + student_seed, student_epochs=student_epochs)
-                students[name] = stages.student_stage(
+                name = student_name(student, student_seed)
+                args = student_arguments(run, config, shared, seed=seed + student_seed,
+                                         student_epochs=student["epochs"], **training)
+                models[name] = stages.student_stage(
                     run, name, shared.variations, shared.detection, training_args=args, seed=seed + 1 + student_seed,
-                    settings={**plan["student"], "student_epochs": student_epochs, "student_seed": student_seed},
+                    settings={**plan["student"], **training, "student_epochs": student["epochs"],
+                              "student_seed": student_seed},
                     teacher_logits=config.teacher_logits, **shared.classifier)
         run.discard(EVALUATION)  # cheap, and an earlier job in this folder may have measured other students
-        scores = stages.evaluation_stage(run, students, shared.data["eval"], attack=inputs.attack,
-                                         settings={**plan["evaluation"], "models": sorted(students)},
+        scores = stages.evaluation_stage(run, models, shared.data["eval"], attack=inputs.attack,
+                                         settings={**plan["evaluation"], "models": sorted(models)},
                                          target_label=config.target_label, name=EVALUATION,
                                          output=f"{EVALUATION}.json")
-    own = scores.get(student_name(settings.student_epochs, 0)) if 0 in student_seeds else None
+    own = scores.get(student_name({"epochs": settings.student_epochs}, 0)) if 0 in student_seeds else None
     return {"config": CONFIG, "attack": attack_name, "seed": seed, "seconds": round(time.time() - started, 1),
-            "demo": demo["models"], "models": scores, "epochs": epochs, "student_seeds": student_seeds,
-            "demo_student_epochs": settings.student_epochs,
+            "demo": demo["models"], "models": scores, "students": students, "student_seeds": student_seeds,
+            "demo_student_epochs": settings.student_epochs, "demo_learning_rate": settings.learning_rate,
             "reproduces_demo": None if own is None else own == demo["models"]["student"]}
 
 
 def summarize(records: list[dict]) -> str:
-    """Markdown: per student-epochs setting, ASR over every (attack, seed, student seed) draw, then per attack."""
-    draws = defaultdict(list)  # epochs -> [(attack, seed, student seed, ASR, C-Acc drop from the teacher)]
+    """Markdown: per student setting, ASR over every (attack, seed, student seed) draw, then per attack."""
+    draws = defaultdict(list)  # label -> [(attack, seed, student seed, ASR, C-Acc drop from the teacher)]
     for record in records:
         teacher = record["demo"]["teacher"]["clean_accuracy"]
-        for student_epochs in record["epochs"]:
+        for student in record_students(record):
             for student_seed in record["student_seeds"]:
-                scores = record["models"][student_name(student_epochs, student_seed)]
-                draws[student_epochs].append((record["attack"], record["seed"], student_seed,
+                scores = record["models"][student_name(student, student_seed)]
+                draws[label(student)].append((record["attack"], record["seed"], student_seed,
                                               scores["attack_success_rate"], teacher - scores["clean_accuracy"]))
-    lines = ["| student epochs | draws | mean ASR | worst ASR | ASR > 0.05 | ASR > 0.10 | C-Acc drop > 0.02 "
-             "| mean C-Acc drop |", "|---|---|---|---|---|---|---|---|"]
-    for student_epochs, rows in sorted(draws.items()):
+    lines = ["| student (epochs, options) | draws | mean ASR | worst ASR | ASR > 0.05 | ASR > 0.10 "
+             "| C-Acc drop > 0.02 | mean C-Acc drop |", "|---|---|---|---|---|---|---|---|"]
+    for name, rows in draws.items():
         asr = [row[3] for row in rows]
         drop = [row[4] for row in rows]
-        lines.append(f"| {student_epochs:g} | {len(rows)} | {statistics.mean(asr):.3f} | {max(asr):.3f} "
+        lines.append(f"| {name} | {len(rows)} | {statistics.mean(asr):.3f} | {max(asr):.3f} "
                      f"| {sum(a > 0.05 for a in asr)} | {sum(a > 0.10 for a in asr)} "
                      f"| {sum(d > 0.02 + 1e-9 for d in drop)} | {statistics.mean(drop):+.3f} |")
-    epochs = sorted(draws)
-    lines += ["", "| attack | seeds | " + " | ".join(f"{e:g} epochs: mean / worst ASR (over {{seed x student seed}}), "
-                                                   f"worst C-Acc drop" for e in epochs) + " |",
-              "|---|---|" + "---|" * len(epochs)]
+    lines += ["", "Per attack: mean / worst ASR over every seed and student seed (where the worst was), worst C-Acc "
+              "drop from the teacher.", "",
+              "| attack | seeds | " + " | ".join(draws) + " |", "|---|---|" + "---|" * len(draws)]
     for attack in ATTACKS:
         cells, seeds = [], set()
-        for student_epochs in epochs:
-            rows = [row for row in draws[student_epochs] if row[0] == attack]
-            if not rows:
-                break
+        for rows in draws.values():
+            rows = [row for row in rows if row[0] == attack]
             seeds |= {row[1] for row in rows}
-            worst = max(rows, key=lambda row: row[3])
-            cells.append(f"{statistics.mean(row[3] for row in rows):.3f} / {worst[3]:.3f} (seed {worst[1]}, "
+            worst = max(rows, key=lambda row: row[3]) if rows else None
+            cells.append("-" if worst is None else
+                         f"{statistics.mean(row[3] for row in rows):.3f} / {worst[3]:.3f} (seed {worst[1]}, "
                          f"student seed {worst[2]}), {max(row[4] for row in rows):+.3f}")
-        if len(cells) == len(epochs):
+        if seeds:
             lines.append(f"| {attack} | {','.join(map(str, sorted(seeds)))} | " + " | ".join(cells) + " |")
     mismatched = [f"{r['attack']} seed {r['seed']}" for r in records if r.get("reproduces_demo") is False]
     if mismatched:
@@ -127,8 +159,11 @@ def main() -> None:
     parser.add_argument("--blended-seeds", nargs="*", type=int, default=[3, 4],
                         help="Extra seeds for Blended (issue 11 asks for seeds 0-4 there).")
     parser.add_argument("--student-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--epochs", nargs="+", type=float, default=[6.0, 9.0, 12.0],
-                        help="Student epochs (passes over the source images) to compare.")
+    parser.add_argument("--students", nargs="+", type=parse_student, default=["6", "9", "12"],
+                        help="Student settings to compare: EPOCHS[,lr=X][,wd=Y] (epochs over the source images, "
+                             "learning rate, weight decay; the demo's: 6, lr 0.002, wd 0.0001).")
+    parser.add_argument("--jobs", nargs="+", metavar="ATTACK:SEED",
+                        help="Only these attack/seed pairs (instead of --attacks x --seeds).")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--runs-dir", type=Path, default=Path("student_seeds_runs"),
                         help="Where the demo runs are kept (reused by a rerun).")
@@ -139,15 +174,23 @@ def main() -> None:
         records = [json.loads(line) for line in args.summarize.read_text().splitlines() if line.strip()]
         print(summarize([r for r in records if "models" in r]))
         return
-    jobs = [(CONFIG, attack, seed) for seed in args.seeds for attack in args.attacks]
-    if "blended" in args.attacks:
-        jobs += [(CONFIG, "blended", seed) for seed in args.blended_seeds if seed not in args.seeds]
+    if args.jobs:
+        pairs = [item.partition(":") for item in args.jobs]
+        unknown = [attack for attack, _, _ in pairs if attack not in ATTACKS]
+        if unknown:
+            parser.error(f"--jobs: unknown attack(s) {unknown}; known: {ATTACKS}")
+        jobs = [(CONFIG, attack, int(seed)) for attack, _, seed in pairs]
+    else:
+        jobs = [(CONFIG, attack, seed) for seed in args.seeds for attack in args.attacks]
+        if "blended" in args.attacks:
+            jobs += [(CONFIG, "blended", seed) for seed in args.blended_seeds if seed not in args.seeds]
     if args.out.exists():
         done = {(r["config"], r["attack"], r["seed"]) for r in map(json.loads, args.out.read_text().splitlines())
                 if "models" in r}
         jobs = [job for job in jobs if job not in done]
     print(f"{len(jobs)} jobs on {args.workers} worker(s)", flush=True)
-    run = partial(run_job, runs_dir=args.runs_dir.resolve(), epochs=args.epochs, student_seeds=args.student_seeds)
+    students = [parse_student(item) if isinstance(item, str) else item for item in args.students]
+    run = partial(run_job, runs_dir=args.runs_dir.resolve(), students=students, student_seeds=args.student_seeds)
     sweep(jobs, args.workers, args.out, float("inf"), run=run)
     records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
     print(summarize([r for r in records if "models" in r]))

@@ -211,17 +211,18 @@ def shared_stages(run: RunFolder, config: DefendConfig, inputs: Inputs, plan: di
 
 
 def student_arguments(run: RunFolder, config: DefendConfig, shared: Shared, *, distill: bool = True,
-                      seed: int | None = None, student_epochs: float | None = None):
+                      seed: int | None = None, student_epochs: float | None = None, **training: Any):
     """The training arguments of ``config``'s models on the variations (distilled, or ``variations_ce``'s).
 
     ``student_epochs`` (default ``config``'s) counts passes over the source images: the
     student takes as many optimiser steps per source image as that many teacher epochs.
-    ``seed`` (default ``config.seed``) orders the data.
+    ``seed`` (default ``config.seed``) orders the data; ``training`` changes other options
+    of :func:`~hf_backdoor_guard.pipeline.stages.training_arguments` (e.g. ``learning_rate``).
     """
     epochs = (student_epochs or config.student_epochs or config.num_train_epochs) / shared.num_variations
     distillation = dict(distill=True, alpha=config.alpha, temperature=config.temperature) if distill else {}
     return stages.training_arguments(run.path, seed=config.seed if seed is None else seed, epochs=epochs,
-                                     **distillation, **shared.training)
+                                     **distillation, **{**shared.training, **training})
 
 
 def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, poison_kwargs=None,
