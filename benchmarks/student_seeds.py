@@ -89,7 +89,6 @@ def run_job(job: tuple[str, str, int], runs_dir: Path, students: list[dict], stu
         run = RunFolder(out / STAGES_DIR)
         plan = run_plan(config, inputs)
         shared = shared_stages(run, config, inputs, plan, "cpu")
-        students = {}
         models = {}
         for student in students:
             training = {key: value for key, value in student.items() if key != "epochs"}
