@@ -12,7 +12,8 @@ appended to a JSON-lines file as they finish (a killed sweep keeps what it had),
 Only the defence changes between configurations; the attacks are the foundation's.
 "default" is whatever ``run_demo`` and ``EMBEDDED_VARIATION_DEFAULTS`` say at the time of
 the run (3 variations per image since 2026-11-25, the records of 2 variations are "nv2"; since
-2026-11-29 6 variations of 10 steps, temperature 1 and 6 student epochs, the earlier defaults are "v1").
+2026-11-29 6 variations of 10 steps, temperature 1 and 6 student epochs, the earlier defaults are "v1";
+later on 2026-11-29 9 student epochs at learning rate 1e-3, the records of 6 epochs at 2e-3 are "v2").
 ``--plan zoo`` is the attack-zoo sweep of BENCHMARKS.md: every attack at seeds 0-2 (Blended 0-4),
 with the defaults and with "v1" side by side.
 """
@@ -35,12 +36,16 @@ from hf_backdoor_guard.attacks import ATTACKS as ATTACK_REGISTRY  # noqa: E402  
 
 ATTACKS = list(ATTACK_REGISTRY.names())  # every registered attack, as `demo --attack all` runs them
 
+V2 = {"student_epochs": 6.0, "student_learning_rate": 2e-3}
+
 # name -> run_demo overrides (DemoSettings fields; "variation_options" for ImageVariation)
 CONFIGS: dict[str, dict] = {
     "default": {},
     # the defaults until 2026-11-29 (3 variations of 20 steps, temperature 4, 12 student epochs), spelled out
-    "v1": {"temperature": 4.0, "student_epochs": 12.0,
+    "v1": {"temperature": 4.0, "student_epochs": 12.0, "student_learning_rate": 2e-3,
            "variation_options": {"num_inference_steps": 20, "num_variations": 3}},
+    # the defaults of 2026-11-29 until the student-seed study (6 student epochs at the teacher's learning rate)
+    "v2": V2,
     "fast": {"variation_options": {"speed": "fast"}},
     "smoke": {"train_rows": 60, "test_rows": 40, "teacher_epochs": 1, "student_epochs": 1,
               "variation_options": {"num_inference_steps": 4, "num_variations": 1}},
@@ -78,14 +83,14 @@ CONFIGS: dict[str, dict] = {
     "T1_nv6_se6": {"temperature": 1.0, "student_epochs": 6.0, "variation_options": {"num_variations": 6}},
     "T1_fast_nv12": {"temperature": 1.0, "variation_options": {"speed": "fast", "num_variations": 12}},
     "fast_nv6_se6": {"student_epochs": 6.0, "variation_options": {"speed": "fast", "num_variations": 6}},
-    # SIG seed 1 (0.115 with the defaults of 2026-11-29): one knob of the defaults back at a time
-    "T4": {"temperature": 4.0},
-    "se12": {"student_epochs": 12.0},
-    "steps20": {"variation_options": {"num_inference_steps": 20}},
-    # strength 0.7 / temperature 2 on the defaults of 2026-11-29 ("s0.7", "T2" records before that are on "v1")
-    "v2_s0.7": {"variation_options": {"strength": 0.7}},
-    "v2_T2": {"temperature": 2.0},
-    "se9": {"student_epochs": 9.0},
+    # SIG seed 1 (0.115 with "v2"): one knob of "v2" changed at a time, spelled out on "v2"
+    "T4": {"temperature": 4.0, **V2},
+    "se12": {**V2, "student_epochs": 12.0},
+    "steps20": {"variation_options": {"num_inference_steps": 20}, **V2},
+    # strength 0.7 / temperature 2 on "v2" ("s0.7", "T2" records before that are on "v1")
+    "v2_s0.7": {"variation_options": {"strength": 0.7}, **V2},
+    "v2_T2": {"temperature": 2.0, **V2},
+    "se9": {**V2, "student_epochs": 9.0},
 }
 
 

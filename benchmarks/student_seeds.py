@@ -12,7 +12,7 @@ is the demo's own student (each record says whether it gave the same numbers).
         --students 6 9 12 --workers 2 --runs-dir /tmp/student-seeds --out benchmarks/student_seeds_results.jsonl
     python benchmarks/student_seeds.py --jobs sig:1 adaptive_patch:0 --students 8 6,lr=0.001 6,wd=0.01 \\
         --runs-dir /tmp/student-seeds --out benchmarks/student_seeds_explore.jsonl   # chosen hard cases
-    python benchmarks/student_seeds.py --summarize benchmarks/student_seeds_results.jsonl
+    python benchmarks/student_seeds.py --summarize benchmarks/student_seeds_results.jsonl   # one or more files
 
 Resumable: jobs already in ``--out`` are skipped, and a job's finished stages in ``--runs-dir``
 are reused.
@@ -63,9 +63,12 @@ def student_name(student: dict, student_seed: int) -> str:
     return f"student_e{label(student).replace(' ', '_')}_s{student_seed}"
 
 
-def record_students(record: dict) -> list[dict]:
-    """The student settings of a record (the first records list epochs only)."""
-    return record.get("students") or [{"epochs": epochs} for epochs in record["epochs"]]
+def record_students(record: dict) -> list[tuple[dict, dict]]:
+    """``(as run, spelled out)`` per student setting of a record: as run names its models; spelled out adds
+    the learning rate the demo gave students then (the first records list epochs only, all at 2e-3)."""
+    students = record.get("students") or [{"epochs": epochs} for epochs in record["epochs"]]
+    demo_rate = record.get("demo_student_learning_rate", 2e-3)
+    return [(student, {"epochs": student["epochs"], "learning_rate": demo_rate, **student}) for student in students]
 
 
 def run_job(job: tuple[str, str, int], runs_dir: Path, students: list[dict], student_seeds: list[int]) -> dict:
@@ -109,7 +112,8 @@ def run_job(job: tuple[str, str, int], runs_dir: Path, students: list[dict], stu
     own = scores.get(student_name({"epochs": settings.student_epochs}, 0)) if 0 in student_seeds else None
     return {"config": CONFIG, "attack": attack_name, "seed": seed, "seconds": round(time.time() - started, 1),
             "demo": demo["models"], "models": scores, "students": students, "student_seeds": student_seeds,
-            "demo_student_epochs": settings.student_epochs, "demo_learning_rate": settings.learning_rate,
+            "demo_student_epochs": settings.student_epochs,
+            "demo_student_learning_rate": settings.student_learning_rate,
             "reproduces_demo": None if own is None else own == demo["models"]["student"]}
 
 
@@ -118,19 +122,20 @@ def summarize(records: list[dict]) -> str:
     draws = defaultdict(list)  # label -> [(attack, seed, student seed, ASR, C-Acc drop from the teacher)]
     for record in records:
         teacher = record["demo"]["teacher"]["clean_accuracy"]
-        for student in record_students(record):
+        for student, spelled_out in record_students(record):
             for student_seed in record["student_seeds"]:
                 scores = record["models"][student_name(student, student_seed)]
-                draws[label(student)].append((record["attack"], record["seed"], student_seed,
+                draws[label(spelled_out)].append((record["attack"], record["seed"], student_seed,
                                               scores["attack_success_rate"], teacher - scores["clean_accuracy"]))
     lines = ["| student (epochs, options) | draws | mean ASR | worst ASR | ASR > 0.05 | ASR > 0.10 "
-             "| C-Acc drop > 0.02 | mean C-Acc drop |", "|---|---|---|---|---|---|---|---|"]
+             "| C-Acc drop > 0.02 | mean C-Acc drop | meet both targets |", "|---|---|---|---|---|---|---|---|---|"]
     for name, rows in draws.items():
         asr = [row[3] for row in rows]
         drop = [row[4] for row in rows]
+        met = sum(row[3] <= 0.05 and row[4] <= 0.02 + 1e-9 for row in rows)  # issue 11: ASR <= 0.05, C-Acc within 0.02
         lines.append(f"| {name} | {len(rows)} | {statistics.mean(asr):.3f} | {max(asr):.3f} "
                      f"| {sum(a > 0.05 for a in asr)} | {sum(a > 0.10 for a in asr)} "
-                     f"| {sum(d > 0.02 + 1e-9 for d in drop)} | {statistics.mean(drop):+.3f} |")
+                     f"| {sum(d > 0.02 + 1e-9 for d in drop)} | {statistics.mean(drop):+.3f} | {met} |")
     lines += ["", "Per attack: mean / worst ASR over every seed and student seed (where the worst was), worst C-Acc "
               "drop from the teacher.", "",
               "| attack | seeds | " + " | ".join(draws) + " |", "|---|---|" + "---|" * len(draws)]
@@ -167,10 +172,11 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("student_seeds_runs"),
                         help="Where the demo runs are kept (reused by a rerun).")
     parser.add_argument("--out", type=Path, default=Path("student_seeds.jsonl"))
-    parser.add_argument("--summarize", type=Path, help="Only print the tables of an earlier run's file.")
+    parser.add_argument("--summarize", type=Path, nargs="+", help="Only print the tables of earlier runs' files.")
     args = parser.parse_args()
     if args.summarize:
-        records = [json.loads(line) for line in args.summarize.read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for path in args.summarize for line in path.read_text().splitlines()
+                   if line.strip()]
         print(summarize([r for r in records if "models" in r]))
         return
     if args.jobs:

@@ -64,6 +64,8 @@ class DefendConfig:
                                          "(default: --num-train-epochs).", default=None)
     batch_size: int = _help("Training batch size per process.", default=32)
     learning_rate: float = _help("AdamW learning rate (cosine schedule).", default=2e-3)
+    student_learning_rate: float | None = _help("The students' learning rate (default: --learning-rate).",
+                                                default=None)
     weight_decay: float = _help("AdamW weight decay.", default=1e-4)
     augment: bool = _help("Random flip and crop for the teacher (the student never: its logits are cached).",
                           default=False)
@@ -119,6 +121,8 @@ class DefendConfig:
             self.student_epochs = check_number("student_epochs", self.student_epochs, 0, None, low_inclusive=False)
         check_int("batch_size", self.batch_size)
         check_number("learning_rate", self.learning_rate, 0, None, low_inclusive=False)
+        if self.student_learning_rate is not None:
+            check_number("student_learning_rate", self.student_learning_rate, 0, None, low_inclusive=False)
         check_number("weight_decay", self.weight_decay, 0, None)
         check_seed("seed", self.seed)
         if self.device is not None:
@@ -251,7 +255,8 @@ STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
                    "variation_shard_size", "seed"),
     "detection": ("detection_score", "detection_threshold", "detection_budget"),
     "student": ("model", "image_size", "width", "student_epochs", "num_train_epochs", "batch_size",
-                "learning_rate", "weight_decay", "alpha", "temperature", "teacher_logits", "seed"),
+                "learning_rate", "student_learning_rate", "weight_decay", "alpha", "temperature", "teacher_logits",
+                "seed"),
     "evaluation": (),
 }
 STAGE_OPTIONS["student_cleaned"] = STAGE_OPTIONS["student"]

@@ -215,14 +215,16 @@ def student_arguments(run: RunFolder, config: DefendConfig, shared: Shared, *, d
     """The training arguments of ``config``'s models on the variations (distilled, or ``variations_ce``'s).
 
     ``student_epochs`` (default ``config``'s) counts passes over the source images: the
-    student takes as many optimiser steps per source image as that many teacher epochs.
+    student takes as many optimiser steps per source image as that many teacher epochs;
+    the learning rate is ``config.student_learning_rate`` (default ``config.learning_rate``).
     ``seed`` (default ``config.seed``) orders the data; ``training`` changes other options
     of :func:`~hf_backdoor_guard.pipeline.stages.training_arguments` (e.g. ``learning_rate``).
     """
     epochs = (student_epochs or config.student_epochs or config.num_train_epochs) / shared.num_variations
     distillation = dict(distill=True, alpha=config.alpha, temperature=config.temperature) if distill else {}
+    training = {**shared.training, "learning_rate": config.student_learning_rate or config.learning_rate, **training}
     return stages.training_arguments(run.path, seed=config.seed if seed is None else seed, epochs=epochs,
-                                     **distillation, **{**shared.training, **training})
+                                     **distillation, **training)
 
 
 def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, poison_kwargs=None,
