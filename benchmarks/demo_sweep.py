@@ -144,7 +144,7 @@ def run_job(job: tuple[str, str, int]) -> dict:
         import contextlib
         import io
 
-        with contextlib.redirect_stderr(io.StringIO()):  # the trainers' progress bars
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):  # trainers' logs
             result = run_demo(attack, Path(out) / "demo", seed=seed, **overrides)
     return {"config": config, "attack": attack, "seed": seed, "seconds": result["seconds"],
             "timings": result["timings"], "models": result["models"], "detection": result.get("detection"),

@@ -195,6 +195,10 @@ def test_output_dir_with_user_files_is_refused_and_untouched(tmp_path, poisoned_
     (["--dataset", "imagefolder", "--data-dir", "DATA", "--seed", "-1"], "seed must be an int"),
     (["--dataset", "imagefolder", "--data-dir", "DATA", "--model", "resnet18"], "neither an architecture"),
     (["--dataset", "imagefolder", "--data-dir", "DATA", "--alpha", "nan"], "alpha must lie in"),
+    (["--dataset", "imagefolder", "--data-dir", "DATA", "--student-learning-rate", "nan"],
+     "student_learning_rate must lie in (0, inf)"),
+    (["--dataset", "imagefolder", "--data-dir", "DATA", "--student-learning-rate", "0"],
+     "student_learning_rate must lie in (0, inf)"),
     (["--dataset", "imagefolder", "--data-dir", "DATA", "--eval-split", "train"], "both 'train'"),
     (["--dataset", "imagefolder", "--data-dir", "DATA", "--push-to-hub", "not a repo!"], "not a valid Hub"),
 ])
@@ -210,3 +214,24 @@ def test_config_file_with_unknown_keys_is_refused(tmp_path, caplog):
     config.write_text("dataset: imagefolder\nepochs: 3\n")
     assert main(["defend", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
     assert "Unknown option(s) ['epochs']" in caplog.text
+
+
+def test_students_train_at_their_own_learning_rate(tmp_path):
+    """student_arguments: the students' (and variations_ce's) rate, epochs over the source images, the seed."""
+    from hf_backdoor_guard.pipeline.config import DefendConfig
+    from hf_backdoor_guard.pipeline.defend import Shared, student_arguments
+    from hf_backdoor_guard.pipeline.run_folder import RunFolder
+
+    shared = Shared(data={}, teacher=None, processor=None, variations=None, detection={}, classifier={},
+                    training=dict(batch_size=8, learning_rate=2e-3, weight_decay=1e-4, use_cpu=True), num_variations=3)
+    run = RunFolder(tmp_path / "stages")
+    config = DefendConfig(dataset="x", learning_rate=2e-3, student_learning_rate=5e-4, student_epochs=9, seed=4,
+                          temperature=2.0)
+    student = student_arguments(run, config, shared)
+    assert (student.learning_rate, student.num_train_epochs, student.seed, student.temperature) == (5e-4, 3.0, 4, 2.0)
+    baseline = student_arguments(run, config, shared, distill=False)
+    assert baseline.learning_rate == 5e-4 and not hasattr(baseline, "temperature")
+    changed = student_arguments(run, config, shared, seed=7, student_epochs=6, learning_rate=1e-3, weight_decay=0.0)
+    assert (changed.learning_rate, changed.num_train_epochs, changed.seed, changed.weight_decay) == (1e-3, 2.0, 7, 0.0)
+    unset = student_arguments(run, DefendConfig(dataset="x", learning_rate=3e-3, num_train_epochs=6), shared)
+    assert (unset.learning_rate, unset.num_train_epochs) == (3e-3, 2.0)  # the teacher's rate and epochs
