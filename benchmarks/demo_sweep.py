@@ -153,10 +153,21 @@ def run_job(job: tuple[str, str, int]) -> dict:
             "rows": result.get("rows"), "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
+def read_records(path: Path) -> list[dict]:
+    """The records of a sweep's JSON-lines file (failed jobs included: they have no ``models``)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def sweep(jobs, workers: int, out: Path, time_budget: float, run=run_job) -> None:
-    """Run ``run(job)`` for each job, ``workers`` at a time, each in a fresh process; append its record to ``out``."""
+    """Run ``run(job)`` for each job, ``workers`` at a time, each in a fresh process; append its record to ``out``.
+
+    Resumable: a job ``(config, attack, seed)`` already recorded in ``out`` with its ``models`` is not run again.
+    """
+    recorded = read_records(out) if out.exists() else []
+    done = {(r["config"], r["attack"], r["seed"]) for r in recorded if "models" in r}
+    pending = [job for job in jobs if job not in done]
+    print(f"{len(pending)} jobs on {workers} worker(s)", flush=True)
     started = time.time()
-    pending = list(jobs)
     import multiprocessing
 
     # a fresh process per job: nothing (imported modules, torch state) leaks from one run into the next
@@ -189,7 +200,7 @@ def sweep(jobs, workers: int, out: Path, time_budget: float, run=run_job) -> Non
 
 def summarize(path: Path) -> str:
     """Markdown: per config and attack, mean (min-max) of each model's C-Acc and ASR over seeds."""
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_records(path)
     groups = defaultdict(list)
     for record in records:
         if "models" in record:
@@ -298,8 +309,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.summarize:
         if args.zoo:
-            records = [json.loads(line) for line in args.summarize.read_text().splitlines() if line.strip()]
-            print(zoo_table(records, args.zoo))
+            print(zoo_table(read_records(args.summarize), args.zoo))
         else:
             print(summarize(args.summarize))
         return
@@ -312,11 +322,6 @@ def main() -> None:
             jobs.append((config, attack, int(seed)))
     else:
         jobs = plan(args.plan, args.seeds)
-    if args.out.exists():  # resumable: jobs already recorded in --out are not run again
-        done = {(r["config"], r["attack"], r["seed"]) for r in map(json.loads, args.out.read_text().splitlines())
-                if "models" in r}
-        jobs = [job for job in jobs if job not in done]
-    print(f"{len(jobs)} jobs on {args.workers} worker(s)", flush=True)
     sweep(jobs, args.workers, args.out, args.time_budget)
     print(summarize(args.out))
 

@@ -21,7 +21,6 @@ are reused.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.demo_sweep import ATTACKS, quiet_worker, sweep  # noqa: E402
+from benchmarks.demo_sweep import ATTACKS, quiet_worker, read_records, sweep  # noqa: E402
 
 CONFIG = "student_seeds"
 EVALUATION = "evaluation_student_seeds"  # the stage that measures every student of a job
@@ -163,9 +162,11 @@ def main() -> None:
     parser.add_argument("--blended-seeds", nargs="*", type=int, default=[3, 4],
                         help="Extra seeds for Blended (issue 11 asks for seeds 0-4 there).")
     parser.add_argument("--student-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--students", nargs="+", type=parse_student, default=["6", "9", "12"],
+    parser.add_argument("--students", nargs="+", type=parse_student,
+                        default=[parse_student(text) for text in ("6", "9", "12")],
                         help="Student settings to compare: EPOCHS[,lr=X][,wd=Y] (epochs over the source images, "
-                             "learning rate, weight decay; the demo's: 6, lr 0.002, wd 0.0001).")
+                             "learning rate, weight decay; the demo's: 9, lr 0.001, wd 0.0001, which an option "
+                             "left out keeps).")
     parser.add_argument("--jobs", nargs="+", metavar="ATTACK:SEED",
                         help="Only these attack/seed pairs (instead of --attacks x --seeds).")
     parser.add_argument("--workers", type=int, default=1)
@@ -175,8 +176,7 @@ def main() -> None:
     parser.add_argument("--summarize", type=Path, nargs="+", help="Only print the tables of earlier runs' files.")
     args = parser.parse_args()
     if args.summarize:
-        records = [json.loads(line) for path in args.summarize for line in path.read_text().splitlines()
-                   if line.strip()]
+        records = [record for path in args.summarize for record in read_records(path)]
         print(summarize([r for r in records if "models" in r]))
         return
     if args.jobs:
@@ -189,16 +189,9 @@ def main() -> None:
         jobs = [(CONFIG, attack, seed) for seed in args.seeds for attack in args.attacks]
         if "blended" in args.attacks:
             jobs += [(CONFIG, "blended", seed) for seed in args.blended_seeds if seed not in args.seeds]
-    if args.out.exists():
-        done = {(r["config"], r["attack"], r["seed"]) for r in map(json.loads, args.out.read_text().splitlines())
-                if "models" in r}
-        jobs = [job for job in jobs if job not in done]
-    print(f"{len(jobs)} jobs on {args.workers} worker(s)", flush=True)
-    students = [parse_student(item) if isinstance(item, str) else item for item in args.students]
-    run = partial(run_job, runs_dir=args.runs_dir.resolve(), students=students, student_seeds=args.student_seeds)
+    run = partial(run_job, runs_dir=args.runs_dir.resolve(), students=args.students, student_seeds=args.student_seeds)
     sweep(jobs, args.workers, args.out, float("inf"), run=run)
-    records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
-    print(summarize([r for r in records if "models" in r]))
+    print(summarize([r for r in read_records(args.out) if "models" in r]))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ and the BENCHMARKS.md "student seeds" table recomputed from the recorded runs.""
 from __future__ import annotations
 
 import argparse
-import json
 import runpy
 from pathlib import Path
 
@@ -26,8 +25,8 @@ def test_student_settings_parse_and_name_their_models():
 
 
 def test_benchmarks_table_is_what_the_recorded_runs_give():
-    records = [json.loads(line) for name in ("student_seeds_results.jsonl", "student_seeds_lr_results.jsonl")
-               for line in (ROOT / "benchmarks" / name).read_text().splitlines() if line.strip()]
+    records = [record for name in ("student_seeds_results.jsonl", "student_seeds_lr_results.jsonl")
+               for record in SCRIPT["read_records"](ROOT / "benchmarks" / name)]
     # where the demo's own setting was among the students, student seed 0 gave the demo's numbers
     assert [record["reproduces_demo"] for record in records].count(True) == 29
     assert False not in [record["reproduces_demo"] for record in records]

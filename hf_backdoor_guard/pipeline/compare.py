@@ -302,7 +302,7 @@ def method_records(method: dict) -> dict[str, dict]:
     evaluation = timings.get("evaluation", 0.0) / max(1, len(models))
     settings = method["settings"]
     options = {key: settings[key] for key in ("alpha", "temperature", "teacher_logits", "student_epochs",
-                                              "student_learning_rate") if key in settings}
+                                              "student_learning_rate")}
     options["variation"] = method.get("variation") or {}
     records = {REFERENCE: _method_record(models["teacher"], timings["teacher"] + evaluation,
                                          DEFENSES[REFERENCE].assumes, {}, {"seconds": {"teacher": timings["teacher"]}})}
