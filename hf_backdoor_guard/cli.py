@@ -25,12 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="backdoor-guard",
-        description="Robust training on possibly poisoned image data with diffusion variations + distillation.",
+        description="Robust training on possibly poisoned image data with diffusion variations + distillation. "
+        "Exit codes: 0 done, 2 bad input (refused before any work), 1 a failure during the work, 130 interrupted "
+        "(rerun the same command to resume).",
     )
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
-        "demo",
+        "demo", parents=[shared],
         help="Run the whole method offline on the embedded digits data and diffusion model.",
         description="Poison the embedded digits data, train a teacher, generate variations with the "
         "embedded diffusion model, distil a student and report C-Acc / ASR / R-Acc.",
@@ -40,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Publish the distilled student to this Hub repo with a model card (one attack only).")
 
     compare = commands.add_parser(
-        "compare",
+        "compare", parents=[shared],
         help="Measure the method beside every peer defense (ABL, fine-pruning, NAD, ...) on the embedded benchmark.",
         description="On the demo's data and settings, poison the digits with the attack's embedded setting, run "
         "the method (the undefended teacher 'none', 'student', 'student_cleaned') and every registered peer defense "
@@ -55,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--list-defenses", action="store_true", help="Print every defense row and exit.")
 
     defend = commands.add_parser(
-        "defend",
+        "defend", parents=[shared],
         help="Run the whole method on your dataset: a robust model, a cleaned dataset and the suspicious rows.",
         description="Train a teacher on your (possibly poisoned) data, generate diffusion variations of every "
         "training image, flag the rows whose variations disagree with the teacher, and distil a robust student. "
@@ -65,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(defend, ATTACKS.names())
 
     publish = commands.add_parser(
-        "publish",
+        "publish", parents=[shared],
         help="Publish a trained model folder or a saved (cleaned) dataset to the Hub with a card.",
         description="Stage a save_pretrained model folder or a Dataset.save_to_disk folder with a card from "
         "model_cards/ and upload it to REPO_ID. Log in first (hf auth login, or set HF_TOKEN).",
@@ -125,18 +129,19 @@ def _add_config_flags(parser: argparse.ArgumentParser, attack_names) -> None:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
 
 
-def _run_defend(args: argparse.Namespace) -> int:
+def defend_config(args: argparse.Namespace):
+    """The ``DefendConfig`` of parsed ``defend`` arguments: the ``--config`` file, then the flags given."""
     from .pipeline.config import DefendConfig
 
-    options = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
-    try:
-        config = DefendConfig.from_sources(args.config, **options)
-        from .pipeline.defend import defend_main
+    options = {key: value for key, value in vars(args).items() if key not in ("command", "config", "debug")}
+    return DefendConfig.from_sources(args.config, **options)
 
-        result = defend_main(config)
-    except ValueError as error:  # bad input: a message, before any work
-        logging.getLogger(__name__).error("backdoor-guard defend: %s", error)
-        return 2
+
+def _run_defend(args: argparse.Namespace) -> int:
+    from .pipeline.defend import defend_main
+
+    config = defend_config(args)
+    result = defend_main(config)
     if result:
         from .pipeline.report import metrics_table
 
@@ -150,18 +155,18 @@ def _run_defend(args: argparse.Namespace) -> int:
 def _run_publish(args: argparse.Namespace) -> int:
     import json
 
-    from .hub import PublishError, publish_path, read_metrics_file
+    from .hub import publish_path, read_metrics_file
 
     card_info: dict = {}
     if args.card_info:
         with open(args.card_info, encoding="utf-8") as handle:
             card_info = json.load(handle)
         if not isinstance(card_info, dict):
-            raise SystemExit(f"--card-info {args.card_info} must hold a JSON object.")
+            raise ValueError(f"--card-info {args.card_info} must hold a JSON object.")
     for item in args.info:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--info expects KEY=VALUE, got {item!r}.")
+            raise ValueError(f"--info expects KEY=VALUE, got {item!r}.")
         try:
             card_info[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -169,21 +174,17 @@ def _run_publish(args: argparse.Namespace) -> int:
     options = dict(card_info, output_dir=args.output_dir, push=not args.no_push, private=True if args.private else None)
     if args.commit_message:
         options["commit_message"] = args.commit_message
-    try:
-        staged = publish_path(
-            args.path,
-            args.repo_id,
-            metrics=read_metrics_file(args.metrics) if args.metrics else None,
-            teacher_metrics=read_metrics_file(args.teacher_metrics) if args.teacher_metrics else None,
-            image_column=args.image_column,
-            label_column=args.label_column,
-            keep_source_images=args.keep_source_images,
-            keep_poisoning_columns=args.keep_poisoning_columns,
-            **options,
-        )
-    except (ValueError, PublishError, RuntimeError) as err:  # bad input, failed upload, folder in use
-        logging.getLogger(__name__).error("backdoor-guard publish: %s", err)
-        return 1
+    staged = publish_path(
+        args.path,
+        args.repo_id,
+        metrics=read_metrics_file(args.metrics) if args.metrics else None,
+        teacher_metrics=read_metrics_file(args.teacher_metrics) if args.teacher_metrics else None,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        keep_source_images=args.keep_source_images,
+        keep_poisoning_columns=args.keep_poisoning_columns,
+        **options,
+    )
     logging.getLogger(__name__).info(
         "Staged in %s%s", staged, "" if args.no_push else f" and uploaded to {args.repo_id}"
     )
@@ -195,8 +196,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return _dispatch(args)
+    except (ValueError, RuntimeError, OSError, KeyboardInterrupt) as error:
+        if args.debug:
+            raise
+        return _report_error(args.command, error)
     finally:
         _end_process_group()
+
+
+def _report_error(command: str, error: BaseException) -> int:
+    """One line for an expected failure, and its exit code: 2 bad input (every check runs before any work),
+    1 a failure during the work (a folder in use, a failed upload, a full disk), 130 interrupted."""
+    log = logging.getLogger(__name__)
+    if isinstance(error, KeyboardInterrupt):
+        log.error("backdoor-guard %s: interrupted; run the same command again to resume where it stopped.", command)
+        return 130
+    text = str(error) or type(error).__name__
+    if isinstance(error, ValueError):
+        log.error("backdoor-guard %s: %s", command, text)
+        return 2
+    log.error("backdoor-guard %s: %s: %s (--debug shows the traceback)", command, type(error).__name__, text)
+    return 1
 
 
 def _end_process_group() -> None:

@@ -283,20 +283,51 @@ def resize_images(ds: "Dataset", size: int, image_column: str = "image") -> "Dat
                   desc=f"Resizing images to {size}px")
 
 
-def stratified_subset(ds: "Dataset", rows: int | None, seed: int, label_column: str = "label") -> "Dataset":
-    """A class-stratified subset of ``rows`` rows, in the original order (all rows when ``rows`` is None).
+def stratified_indices(ds: "Dataset", rows: int | None, seed: int, label_column: str = "label") -> np.ndarray:
+    """The sorted row indices of a class-stratified subset of ``rows`` rows (every row when ``rows`` is None).
 
     Classes too small to stratify (a class with one row, or more classes than ``rows``)
     fall back to a plain random subset of the same seed, with a warning.
     """
     if rows is None or rows >= len(ds):
-        return ds
+        return np.arange(len(ds))
+    keep, _, _ = _stratified_split(ds[label_column], rows, seed, f"A subset of {rows} rows")
+    return keep
+
+
+def _stratified_split(labels, first: int, seed: int, what: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``first`` row indices and the others, each sorted, and whether they keep the class shares (where sklearn
+    cannot stratify, a random split of the same seed)."""
     from sklearn.model_selection import train_test_split
 
+    order = np.arange(len(labels))
     try:
-        keep, _ = train_test_split(np.arange(len(ds)), train_size=rows, random_state=seed, stratify=ds[label_column])
+        one, other = train_test_split(order, train_size=first, random_state=seed, stratify=labels)
+        stratified = True
     except ValueError as error:  # sklearn cannot stratify these class counts
-        logging.getLogger(__name__).warning("A subset of %d rows cannot keep the class shares (%s); taking a random "
-                                            "one.", rows, error)
-        keep = np.random.default_rng(seed).choice(len(ds), size=rows, replace=False)
-    return ds.select(np.sort(keep))
+        logging.getLogger(__name__).warning("%s cannot keep the class shares (%s); taking a random one.", what, error)
+        one = np.random.default_rng(seed).choice(len(labels), size=first, replace=False)
+        other = np.setdiff1d(order, one)
+        stratified = False
+    return np.sort(one), np.sort(other), stratified
+
+
+def stratified_subset(ds: "Dataset", rows: int | None, seed: int, label_column: str = "label") -> "Dataset":
+    """A class-stratified subset of ``rows`` rows, in the original order (all rows when ``rows`` is None)."""
+    if rows is None or rows >= len(ds):
+        return ds
+    return ds.select(stratified_indices(ds, rows, seed, label_column))
+
+
+def held_out_rows(ds: "Dataset", share: float, seed: int,
+                  label_column: str = "label") -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(kept, held_out, stratified)``: the row indices of ``ds`` to train on and the ``share`` held out for
+    evaluation (each sorted), seeded, stratified by class where the class counts allow it.
+
+    For data with no evaluation split, as transformers' image-classification example does
+    with its ``train_val_split``.
+    """
+    held_out = max(1, round(len(ds) * share))
+    if held_out >= len(ds):
+        raise ValueError(f"train_val_split={share} of {len(ds)} rows leaves no training rows.")
+    return _stratified_split(ds[label_column], len(ds) - held_out, seed, f"Holding out {held_out} evaluation rows")

@@ -261,17 +261,9 @@ def _summary_report(summary: dict) -> str:
 # --- command line ------------------------------------------------------------------------
 def run_demo_cli(args) -> int:
     """Entry point of ``backdoor-guard demo`` (``args.attack``, ``args.output_dir``, ``args.seed``)."""
-    from .hub import PublishError
-
-    try:
-        result = run_demo(attack=args.attack, output_dir=args.output_dir, seed=args.seed,
-                          push_to_hub=getattr(args, "push_to_hub", None), overwrite=getattr(args, "overwrite", False))
-    except ValueError as error:
-        logger.error("%s", error)
-        return 2
-    except PublishError as error:  # the run finished; only the upload failed, and its files are kept
-        logger.error("%s", error)
-        return 1
+    # Errors reach cli.main, which prints one line (exit 2 for bad input, 1 for a failed upload: its files are kept).
+    result = run_demo(attack=args.attack, output_dir=args.output_dir, seed=args.seed,
+                      push_to_hub=getattr(args, "push_to_hub", None), overwrite=getattr(args, "overwrite", False))
     per_attack = result["attacks"] if args.attack == "all" else {args.attack: result}
     for name, metrics in per_attack.items():
         print(f"\n{name} (seed {metrics['seed']}, {metrics['seconds']:.0f} s)")

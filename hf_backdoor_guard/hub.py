@@ -31,7 +31,10 @@ from .validation import check_int
 logger = logging.getLogger(__name__)
 
 # Ground truth that only exists because the data was poisoned on purpose (research
-# setting); publishing it would hand out the answer key of the attack.
+# setting); publishing it would hand out the answer key of the attack. ``poison_dataset``
+# marks such data with this column; without it, columns named like the ground truth
+# (``cover``, ``original_label``) are the user's own and are published.
+RESEARCH_MARKER = "poisoned"
 # Names the source image of a variation may carry; any other Image column is a source too.
 SOURCE_IMAGE_COLUMNS = ("source_image", "original_image", "source")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -281,7 +284,8 @@ def load_robust_model(
 # ----------------------------------------------------------------------------- datasets
 
 
-def _columns_to_drop(ds, image_column: str, keep_source_images: bool, keep_poisoning_columns: bool) -> list[str]:
+def _columns_to_drop(ds, image_column: str, keep_source_images: bool, keep_poisoning_columns: bool,
+                     research: bool) -> list[str]:
     from datasets import Image, Sequence
 
     drop = []
@@ -291,7 +295,7 @@ def _columns_to_drop(ds, image_column: str, keep_source_images: bool, keep_poiso
         is_image = isinstance(feature, Image) or (isinstance(feature, Sequence) and isinstance(feature.feature, Image))
         if not keep_source_images and (is_image or column in SOURCE_IMAGE_COLUMNS):
             drop.append(column)
-        elif not keep_poisoning_columns and column in POISON_COLUMNS:
+        elif research and not keep_poisoning_columns and column in POISON_COLUMNS:
             drop.append(column)
     return drop
 
@@ -319,8 +323,10 @@ def publish_dataset(
         ds: a ``Dataset`` (published as split ``train``) or a ``DatasetDict``, whose
             ``image_column`` holds the variations.
         keep_source_images: keep other image columns (the poisoned source images); off by default.
-        keep_poisoning_columns: keep the ground-truth columns ``poisoned`` and
-            ``original_label``; off by default.
+        keep_poisoning_columns: keep the ground-truth columns ``poisoned``, ``cover`` and
+            ``original_label`` of a research dataset (one with the ``poisoned`` column that
+            ``poison_dataset`` adds); off by default. Without that column they are the
+            user's own columns and are always kept.
         output_dir, push, private, commit_message, token: as in ``publish_model``.
         max_shard_size: bytes per parquet shard (roughly, before compression).
         card_info, **details: what the card states, as in ``publish_model``: ``base_dataset``,
@@ -349,7 +355,8 @@ def publish_dataset(
         raise ValueError(f"Expected a datasets.Dataset or DatasetDict, got {type(ds).__name__}.")
     check_int("max_shard_size (bytes)", max_shard_size)
     info = CardInfo.from_kwargs(card_info, **details)
-    check_staging_dir(output_dir, ["README.md", "data"])
+    # Research data in any split makes the ground-truth names mean ground truth in all of them.
+    research = any(RESEARCH_MARKER in part.column_names for part in splits.values())
     prepared = {}
     sensitive: set[str] = set()  # what the defaults would leave out
     for split, part in splits.items():
@@ -359,29 +366,41 @@ def publish_dataset(
             check_dataset(part, image_column, label_column)
         except ValueError as err:
             raise ValueError(f"Split '{split}': {err}") from err
-        drop = _columns_to_drop(part, image_column, keep_source_images, keep_poisoning_columns)
-        sensitive.update(_columns_to_drop(part, image_column, False, False))
+        drop = _columns_to_drop(part, image_column, keep_source_images, keep_poisoning_columns, research)
+        sensitive.update(_columns_to_drop(part, image_column, False, False, research))
         prepared[split] = (part.remove_columns(drop) if drop else part, drop)
     columns = {tuple(part.column_names) for part, _ in prepared.values()}
     if len(columns) > 1:
         raise ValueError(f"All splits must have the same columns to share one config; got {sorted(columns)}.")
     dropped = sorted({c for _, drop in prepared.values() for c in drop})
-    if dropped:
-        logger.info("Leaving out columns %s (source images / poisoning ground truth).", dropped)
+    ground_truth = [c for c in dropped if c in POISON_COLUMNS]
+    if ground_truth:  # a warning: these are whole columns of the user's data that will not be on the Hub
+        logger.warning("Leaving out columns %s: the poisoning ground truth of this research dataset (it has the "
+                       "'%s' column). Pass keep_poisoning_columns=True (--keep-poisoning-columns) to publish them.",
+                       ground_truth, RESEARCH_MARKER)
+    if len(ground_truth) < len(dropped):
+        logger.info("Leaving out source image columns %s; keep_source_images=True (--keep-source-images) keeps them.",
+                    [c for c in dropped if c not in ground_truth])
     card = build_dataset_card(
         repo_id, info, {split: len(part) for split, (part, _) in prepared.items()}, next(iter(columns)),
         image_column=image_column, label_column=label_column, dropped_columns=dropped,
         kept_sensitive=sorted(sensitive - set(dropped)),
     )
 
+    jobs = []
+    for split, (part, _) in prepared.items():
+        num_shards = max(1, math.ceil(part.data.nbytes / max_shard_size)) if len(part) else 1
+        num_shards = min(num_shards, max(1, len(part)))
+        jobs += [(split, part, index, num_shards) for index in range(num_shards)]
+
+    def shard_file(split: str, index: int, num_shards: int) -> str:
+        return f"data/{split}-{index:05d}-of-{num_shards:05d}.parquet"
+
+    # Every file this publish writes is known now: refuse a user's file in the way before any work.
+    check_staging_dir(output_dir, ["README.md"] + [shard_file(s, i, n) for s, _, i, n in jobs])
+
     def write(folder: Path) -> None:
-        data_dir = folder / "data"
-        data_dir.mkdir()
-        jobs = []
-        for split, (part, _) in prepared.items():
-            num_shards = max(1, math.ceil(part.data.nbytes / max_shard_size)) if len(part) else 1
-            num_shards = min(num_shards, max(1, len(part)))
-            jobs += [(split, part, index, num_shards) for index in range(num_shards)]
+        (folder / "data").mkdir()
         # One bar for the whole job instead of two datasets bars per shard.
         inner_bars = datasets_logging.is_progress_bar_enabled()
         datasets_logging.disable_progress_bar()
@@ -390,7 +409,7 @@ def publish_dataset(
                 shard = part.shard(num_shards=num_shards, index=index, contiguous=True)
                 # Images stored as local paths must travel as bytes, as push_to_hub does.
                 shard = shard.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True)
-                shard.to_parquet(str(data_dir / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
+                shard.to_parquet(str(folder / shard_file(split, index, num_shards)))
         finally:
             if inner_bars:
                 datasets_logging.enable_progress_bar()

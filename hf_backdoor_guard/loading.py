@@ -2,7 +2,8 @@
 
 An image processor whose config asks for custom code (an ``auto_map``) is refused, and
 the refusal says so: "no processor" and "a processor we will not run" are different
-answers to the user.
+answers to the user. :func:`check_safetensors_weights` checks a local folder's weights
+before any work: safetensors present, pickle-only refused, every header readable.
 """
 
 from __future__ import annotations
@@ -52,13 +53,17 @@ def load_image_classifier(name_or_path: str | os.PathLike, what: str = "model", 
     return model, processor
 
 
+#: ``load_image_processor``'s reason when a folder simply has no processor saved
+NO_PROCESSOR_FILE = "not loaded: there is no preprocessor_config.json"
+
+
 def _why_no_processor(name_or_path: str | os.PathLike, error: Exception) -> str:
     """Why ``AutoImageProcessor`` gave nothing: no config, custom code refused, or its own error."""
     folder = Path(name_or_path)
     if folder.is_dir():
         config = folder / "preprocessor_config.json"
         if not config.is_file():
-            return "not loaded: there is no preprocessor_config.json"
+            return NO_PROCESSOR_FILE
         reference = _custom_code_reference(folder)
         if reference:
             return (
@@ -83,3 +88,39 @@ def _custom_code_reference(folder: Path) -> str | None:
             if isinstance(auto_map, dict) and auto_map.get(key):
                 return str(auto_map[key])
     return None
+
+
+# Weight files that torch unpickles (code can run while loading them): never loaded here.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_safetensors_weights(folder: str | os.PathLike, what: str, save_hint: str) -> list[Path]:
+    """The ``*.safetensors`` files of ``folder``, each with a readable header; ``ValueError`` otherwise.
+
+    Refuses a folder whose weights are pickle only (saying how to convert them with
+    ``save_hint``), one without weights, and a file whose header does not parse or does not
+    match the file's size (truncated, corrupt). Only headers are read, no tensor data.
+    ``what`` names the folder in the messages (``"model 'path'"``).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(path.name for path in folder.iterdir() if path.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise ValueError(
+                f"{what} holds its weights only as pickle ({', '.join(pickles)}), and hf-backdoor-guard "
+                "loads safetensors only (unpickling a file can run code). Convert it once, where you trust its "
+                f"source: load it and save it again with {save_hint}, which writes safetensors."
+            )
+        raise ValueError(f"{what} holds no weights: there is no *.safetensors file in {folder}.")
+    for path in files:
+        try:
+            # Parses the header and checks its offsets against the file's size; maps no tensor data.
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{what}: {path} is not a readable safetensors file ({error}); it is truncated or "
+                             "corrupt: download or save it again.") from error
+    return files

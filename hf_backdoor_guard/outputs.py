@@ -5,7 +5,11 @@ goes through :func:`claim_output_dir`. A folder is usable when it is new, empty,
 carries our marker file written by the same kind of job. The marker lists every
 file or sub-folder the job wrote (:func:`record_outputs`), and
 :func:`remove_outputs` deletes only names from that list, so a file a user put
-into the folder is never deleted, whatever the job does later.
+into the folder is never deleted, whatever the job does later. A sub-folder a user
+may add files to (``cleaned/``, a dataset's ``data/``) is recorded file by file
+(:func:`write_folder_files`); a recorded sub-folder with a marker of its own (a
+nested output folder such as ``model/`` or ``stages/``) is emptied through that
+marker, so the user's files in it stay too.
 
 :func:`locked` takes an advisory lock (``filelock``, i.e. ``fcntl.flock``: the
 kernel drops it when the process dies, even on SIGKILL), so two runs cannot
@@ -118,6 +122,18 @@ def check_output_dir(path: str | os.PathLike, owner: str, option: str = "output_
         )
 
 
+def adopt_output_dir(path: str | os.PathLike, owner: str) -> None:
+    """Give ``path`` a marker of its own that lists everything in it.
+
+    For a sub-folder an earlier version recorded whole in its parent's marker (so all of
+    it is ours): from now on it is an output folder of its own, and what is added to it
+    later, by a user, is not ours.
+    """
+    path = Path(path)
+    entries = sorted(entry.name for entry in path.iterdir() if not _is_own_file(entry.name))
+    write_json_atomic(path / MARKER, {"owner": owner, "outputs": entries})
+
+
 def record_outputs(path: str | os.PathLike, names: Iterable[str]) -> None:
     """Add ``names`` (files or folders directly inside ``path``) to the outputs the marker owns."""
     path = Path(path)
@@ -126,8 +142,10 @@ def record_outputs(path: str | os.PathLike, names: Iterable[str]) -> None:
         raise ValueError(f"{path} has no {MARKER}; claim it with claim_output_dir first.")
     outputs = list(marker.get("outputs") or [])
     for name in names:
-        if Path(name).name != name or name in _OWN_NAMES:
-            raise ValueError(f"Only plain names directly inside the folder can be recorded, got {name!r}.")
+        parts = name.split("/") if isinstance(name, str) else []
+        if not parts or any(part in ("", ".", "..") for part in parts) or "\\" in name or name in _OWN_NAMES:
+            raise ValueError(f"Only plain names or relative paths (sub/file) inside the folder can be recorded, "
+                             f"got {name!r}.")
         if name not in outputs:
             outputs.append(name)
     write_json_atomic(path / MARKER, {**marker, "outputs": outputs})
@@ -138,32 +156,99 @@ def recorded_outputs(path: str | os.PathLike) -> list[str]:
     return list(marker.get("outputs") or []) if marker else []
 
 
+def _selected(recorded: list[str], names: Iterable[str] | None) -> list[str]:
+    """The recorded entries ``names`` select: each name, and every recorded path under it (``cleaned/...``)."""
+    if names is None:
+        return list(recorded)
+    names = list(names)
+    return [entry for entry in recorded if any(entry == name or entry.startswith(name + "/") for name in names)]
+
+
 def remove_outputs(path: str | os.PathLike, names: Iterable[str] | None = None) -> list[str]:
-    """Delete recorded outputs (all of them, or those of ``names`` that are recorded); return what was removed.
+    """Delete recorded outputs (all of them, or those ``names`` select); return what was removed.
 
     A name that was never recorded is left alone, so this can only delete what one of
-    our jobs wrote, never a user's file. Removed names (and recorded names that no
+    our jobs wrote, never a user's file. A name selects the entry itself and every
+    recorded path below it. A recorded sub-folder holding a marker of its own is emptied
+    through that marker (its user files stay); other recorded sub-folders are ours whole.
+    Folders left empty by a removal go too. Removed names (and recorded names that no
     longer exist) leave the marker, so a user's file that later takes such a name is
     not ours to delete.
     """
     path = Path(path)
     recorded = recorded_outputs(path)
-    wanted = recorded if names is None else [name for name in names if name in recorded]
+    wanted = _selected(recorded, names)
     removed = []
     for name in wanted:
         target = path / name
         if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
+            if read_marker(target) is not None:
+                remove_outputs(target)
+                _remove_if_only_ours(target)
+            else:
+                shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
             target.unlink()
         else:
             continue
         removed.append(name)
+        _prune_empty_parents(path, target)
     gone = set(wanted)
     if gone:
         marker = read_marker(path)
         write_json_atomic(path / MARKER, {**marker, "outputs": [name for name in recorded if name not in gone]})
     return removed
+
+
+def _remove_if_only_ours(folder: Path) -> None:
+    """Remove a nested output folder once only our marker and lock files are left in it."""
+    entries = list(folder.iterdir())
+    if all(_is_own_file(entry.name) for entry in entries):
+        for entry in entries:
+            entry.unlink()
+        folder.rmdir()
+
+
+def _prune_empty_parents(root: Path, target: Path) -> None:
+    """Remove the folders between ``root`` and ``target`` that a removal left empty (never ``root`` itself)."""
+    parent = target.parent
+    while parent != root and root in parent.parents and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
+def write_folder_files(path: str | os.PathLike, name: str, write) -> list[str]:
+    """Write the sub-folder ``path/name`` file by file, recording each file; return the files written.
+
+    ``write(scratch)`` fills a scratch folder (``.NAME.tmp``, recorded first, so a run
+    killed here leaves only names the next run may replace). Then each file it wrote
+    replaces the one of the same name, files an earlier run recorded under ``name/``
+    that this one did not write are removed, and every other file in ``name/`` (the
+    user's) stays as it is. A file of the user's under a name this write produces is
+    refused with a ``ValueError`` before anything is replaced.
+    """
+    path = Path(path)
+    scratch = f".{name}.tmp"
+    if name in recorded_outputs(path):  # recorded whole by an earlier version: all of it was ours
+        remove_outputs(path, [name])
+    remove_outputs(path, [scratch])
+    record_outputs(path, [scratch])
+    write(path / scratch)
+    files = sorted(p.relative_to(path / scratch).as_posix() for p in (path / scratch).rglob("*") if p.is_file())
+    new = [f"{name}/{file}" for file in files]
+    ours = set(recorded_outputs(path))
+    theirs = [entry for entry in new if entry not in ours and (path / entry).exists()]
+    if theirs:
+        remove_outputs(path, [scratch])
+        raise ValueError(f"{path / name} holds {theirs}, which this run would write, but no earlier run wrote "
+                         "them there, so they are yours; move them away or choose another folder.")
+    remove_outputs(path, [entry for entry in ours if entry.startswith(name + "/") and entry not in new])
+    record_outputs(path, new)
+    for file, entry in zip(files, new):
+        (path / entry).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path / scratch / file, path / entry)
+    remove_outputs(path, [scratch])
+    return new
 
 
 @contextlib.contextmanager

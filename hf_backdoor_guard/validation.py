@@ -51,7 +51,7 @@ def check_label_column(ds: Dataset, label_column: str = "label") -> int | None:
     if isinstance(feature, ClassLabel):
         return feature.num_classes
     if isinstance(feature, Value) and feature.dtype.startswith(("int", "uint")):
-        labels = ds[label_column]
+        labels = [label for label in ds[label_column] if label is not None]  # missing ones: see check_labels
         return (max(labels) + 1) if labels else None
     raise ValueError(
         f"Label column '{label_column}' has feature {feature!r}; labels must be integers or a "
@@ -128,3 +128,83 @@ def check_choice(name: str, value, choices) -> None:
     """``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
+
+
+def _where(ds: Dataset, rows, image_column: str, split: str) -> list[str]:
+    """How a user finds rows again: the image file an ``imagefolder`` row came from, else the row index."""
+    from datasets import Image
+
+    places = []
+    paths = None
+    if image_column in ds.column_names and isinstance(ds.features[image_column], Image):
+        paths = ds.cast_column(image_column, Image(decode=False)).select(list(rows))[image_column]
+    for position, row in enumerate(rows):
+        path = (paths[position] or {}).get("path") if paths is not None else None
+        places.append(f"{path} (row {row} of split '{split}')" if path else f"row {row} of split '{split}'")
+    return places
+
+
+_SHOWN = 5  # problems spelled out in one message; the rest are counted
+
+
+def _refuse(count: int, problems: list[str], what: str, fix: str) -> None:
+    """One ``ValueError`` for ``count`` problems, the first few spelled out (so all can be fixed in one go)."""
+    if count:
+        more = f"; and {count - len(problems)} more" if count > len(problems) else ""
+        raise ValueError(f"{count} {what}: {'; '.join(problems)}{more}. {fix}")
+
+
+def check_labels(ds: Dataset, split: str, num_classes: int | None = None, label_column: str = "label",
+                 image_column: str = "image") -> None:
+    """Every label is a class index in [0, ``num_classes``): ``ValueError`` naming the rows (files) that are not.
+
+    A missing (None) or negative label would crash deep inside training, or in an
+    evaluation split be counted silently as a miss; a label past the classes would
+    fail only after all the work.
+    """
+    labels = ds[label_column]
+    bad = [row for row, label in enumerate(labels) if label is None or label < 0
+           or (num_classes is not None and label >= num_classes)]
+    places = _where(ds, bad[:_SHOWN], image_column, split) if bad else []
+    problems = [f"{place}: label {labels[row]!r}" for place, row in zip(places, bad)]
+    allowed = ">= 0" if num_classes is None else f"0..{num_classes - 1}"
+    _refuse(len(bad), problems, f"row(s) of split '{split}' have no valid label (a class index in {allowed} of column "
+            f"'{label_column}')", "Fix or remove them and run again.")
+
+
+def check_images_decode(ds: Dataset, split: str, rows=None, image_column: str = "image") -> None:
+    """Decode every image of ``rows`` (default: all) once, with a progress bar; ``ValueError`` naming each file
+    or row that is missing, empty, truncated or not an image, before any work is done on them."""
+    import io
+
+    from datasets import Image
+    from PIL import Image as PILImage
+    from tqdm.auto import tqdm
+
+    rows = list(range(len(ds))) if rows is None else [int(row) for row in rows]
+    raw = ds.cast_column(image_column, Image(decode=False)).select_columns([image_column]).select(rows)
+    bad: list[tuple[int, str, str | None]] = []
+    with tqdm(total=len(rows), desc=f"Checking the images of split '{split}'", unit="img") as progress:
+        for start, batch in zip(range(0, len(rows), 256), raw.iter(batch_size=256)):
+            for offset, cell in enumerate(batch[image_column]):
+                why = _decode_problem(cell, PILImage, io)
+                if why:
+                    bad.append((rows[start + offset], why, (cell or {}).get("path")))
+            progress.update(len(batch[image_column]))
+    problems = [f"{path} (row {row} of split '{split}'): {why}" if path else f"row {row} of split '{split}': {why}"
+                for row, why, path in bad[:_SHOWN]]
+    _refuse(len(bad), problems, f"image(s) of split '{split}' cannot be read", "Replace or remove them and run again.")
+
+
+def _decode_problem(cell, pil_image, io) -> str | None:
+    """Why one stored image cell does not decode, or None."""
+    if cell is None or (cell.get("bytes") is None and not cell.get("path")):
+        return "no image (the cell is empty)"
+    try:
+        source = io.BytesIO(cell["bytes"]) if cell.get("bytes") is not None else cell["path"]
+        with pil_image.open(source) as image:
+            image.load()  # decodes every pixel: a truncated file fails here, not in training
+    except Exception as error:  # noqa: BLE001 - any decoder failure means the same thing: an unreadable image
+        text = str(error).splitlines()[0] if str(error) else ""
+        return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return None

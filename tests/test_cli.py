@@ -7,14 +7,12 @@ import sys
 
 import pytest
 
-from hf_backdoor_guard.cli import build_parser
+from hf_backdoor_guard.cli import build_parser, defend_config
 from hf_backdoor_guard.pipeline.config import DEFAULT_DIFFUSION_MODEL, DefendConfig
 
 
 def _config(argv: list[str]) -> DefendConfig:
-    args = build_parser().parse_args(argv)
-    options = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
-    return DefendConfig.from_sources(args.config, **options)
+    return defend_config(build_parser().parse_args(argv))
 
 
 def test_defend_flags_of_the_issue():

@@ -8,7 +8,6 @@ check the files, their keys, DER against "none", the cache and the refusals of b
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 
 import pytest
 from PIL import Image
@@ -17,7 +16,7 @@ from hf_backdoor_guard.cli import build_parser, main
 from hf_backdoor_guard.defenses import DEFENSES, defense_variants
 from hf_backdoor_guard.defenses.leaderboard import ENTRY_KEYS, leaderboard_table
 from hf_backdoor_guard.outputs import MARKER
-from hf_backdoor_guard.pipeline.compare import compare_cli, row_names, run_compare
+from hf_backdoor_guard.pipeline.compare import row_names, run_compare
 
 TINY = dict(train_rows=120, test_rows=60, teacher_epochs=3, student_epochs=3,
             variation_options={"num_inference_steps": 4, "num_variations": 1})
@@ -158,7 +157,7 @@ def test_folders_of_users_and_of_other_commands_are_refused(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="written by `demo`, not `compare`"):
         run_compare("all", 0, demo)
     # the command line reports bad input as a message and exit status 2, not a traceback
-    assert compare_cli(Namespace(attack="badnets", seed=0, output_dir=str(mine), defenses=None)) == 2
+    assert main(["compare", "--output-dir", str(mine)]) == 2
     assert main(["compare", "--defenses", "nope", "--output-dir", str(tmp_path / "y")]) == 2
     assert not (tmp_path / "y").exists()
     with pytest.raises(SystemExit):

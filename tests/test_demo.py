@@ -1,14 +1,13 @@
 """A shortened `backdoor-guard demo`: real data, real embedded model, real training, real files."""
 
 import json
-from argparse import Namespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from hf_backdoor_guard.cli import build_parser
-from hf_backdoor_guard.demo import REPORT_FILES, run_demo, run_demo_cli
+from hf_backdoor_guard.cli import build_parser, main
+from hf_backdoor_guard.demo import REPORT_FILES, run_demo
 from hf_backdoor_guard.outputs import MARKER
 from hf_backdoor_guard.pipeline.defend import OUTPUT_NAMES
 
@@ -68,8 +67,7 @@ def test_rerun_in_its_own_folder_and_user_files_are_protected(tmp_path):
         run_demo("badnets", out, **QUICK)
     assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
     # the CLI reports the problem instead of a traceback, before any work
-    args = Namespace(attack="badnets", output_dir=str(out), seed=0)
-    assert run_demo_cli(args) == 2
+    assert main(["demo", "--output-dir", str(out)]) == 2
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
@@ -82,7 +80,7 @@ def test_bad_seed_fails_before_the_marker_and_the_data(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "load_digits_dataset", no_data)
     out = tmp_path / "demo"
-    assert run_demo_cli(Namespace(attack="badnets", output_dir=str(out), seed=-1)) == 2
+    assert main(["demo", "--output-dir", str(out), "--seed", "-1"]) == 2
     assert not out.exists()
     with pytest.raises(ValueError, match="seed"):
         run_demo("all", out, seed=-1)

@@ -121,7 +121,10 @@ def test_trainer_compute_loss_matches_the_formula(tmp_path, alpha):
         s = student(pixel_values=batch["pixel_values"]).logits
         t = teacher(pixel_values=batch["pixel_values"]).logits
     assert torch.allclose(outputs.logits, s)
-    assert loss.item() == pytest.approx(_reference_loss(s, t, batch["labels"].numpy(), alpha, 3.0), rel=1e-5)
+    # The trainer computes in float32: between two random tiny models the KL term is a difference of terms of
+    # order 1 that cancel to ~0.01, so its error is absolute (float32 epsilon x T^2 ~ 1e-6), not relative.
+    assert loss.item() == pytest.approx(_reference_loss(s, t, batch["labels"].numpy(), alpha, 3.0), rel=1e-5,
+                                        abs=1e-6)
     assert all(torch.equal(before[k], batch[k]) for k in before) and set(batch) == set(before)
 
 

@@ -460,8 +460,8 @@ def test_cli_publishes_a_model_folder(tmp_path, caplog):
     assert hub.card_metrics(card) == METRICS_V1
     assert "| Seed | 7 |" in card.text and "sklearn digits" in card.text and "strength | 0.5" in card.text
     assert (out / "preprocessor_config.json").is_file()
-    # A model without metrics is a message and exit code 1, not a traceback.
-    assert main(["publish", str(model_dir), "hbg/cli-model", "--no-push", "--output-dir", str(tmp_path / "o2")]) == 1
+    # A model without metrics is bad input: a message and exit code 2, not a traceback.
+    assert main(["publish", str(model_dir), "hbg/cli-model", "--no-push", "--output-dir", str(tmp_path / "o2")]) == 2
     assert "needs its metrics" in caplog.text
 
 
@@ -504,7 +504,7 @@ def test_offline_without_a_cached_copy_is_a_clear_error():
 def test_cli_rejects_a_folder_that_is_neither_model_nor_dataset(tmp_path, caplog):
     (tmp_path / "random").mkdir()
     (tmp_path / "random" / "notes.txt").write_text("hi")
-    assert main(["publish", str(tmp_path / "random"), "hbg/x", "--no-push"]) == 1
+    assert main(["publish", str(tmp_path / "random"), "hbg/x", "--no-push"]) == 2
     assert "neither a saved model folder" in caplog.text
 
 

@@ -422,16 +422,10 @@ def compare_cli(args) -> int:
         print(describe_rows())
         return 0
     started = time.time()
-    try:
-        board = run_compare(attack=args.attack, seed=args.seed, output_dir=args.output_dir,
-                            defenses=getattr(args, "defenses", None), overwrite=getattr(args, "overwrite", False),
-                            report=lambda line: print(line, flush=True))
-    except ValueError as error:
-        logger.error("backdoor-guard compare: %s", error)
-        return 2
-    except RuntimeError as error:  # the folder is in use by another run
-        logger.error("backdoor-guard compare: %s", error)
-        return 1
+    # Errors reach cli.main, which prints one line: exit 2 for bad input, 1 for a folder in use.
+    board = run_compare(attack=args.attack, seed=args.seed, output_dir=args.output_dir,
+                        defenses=getattr(args, "defenses", None), overwrite=getattr(args, "overwrite", False),
+                        report=lambda line: print(line, flush=True))
     singles = board["attacks"].values() if "attacks" in board else [board]
     for single in singles:
         print(f"\n{single['attack']} (seed {single['seed']})")

@@ -9,6 +9,7 @@ is refused naming that option.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -49,6 +50,10 @@ class DefendConfig:
     split: str = _help("The (possibly poisoned) training split.", default="train")
     eval_split: str | None = _help("The clean evaluation split (default: 'test' or 'validation' if present).",
                                    default=None)
+    train_val_split: float = _help("When the dataset has no evaluation split (no test/validation and no "
+                                   "--eval-split): the share of the training split held out, stratified and "
+                                   "seeded, for evaluation, as transformers' image-classification example does "
+                                   "(its train_val_split).", default=0.15)
     image_column: str = _help("Column holding the images.", default="image")
     label_column: str = _help("Column holding the integer / ClassLabel labels.", default="label")
     max_train_rows: int | None = _help("Use a class-stratified subset of this many training rows.", default=None)
@@ -110,6 +115,8 @@ class DefendConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}.")
+        self.train_val_split = check_number("train_val_split", self.train_val_split, 0, 1, low_inclusive=False,
+                                            high_inclusive=False)
         for name in ("max_train_rows", "max_eval_rows"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), minimum=20)
@@ -130,6 +137,7 @@ class DefendConfig:
         for name in ("variation_options", "attack_options", "poison_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping of option -> value, got {getattr(self, name)!r}.")
+        check_variation_options(self.variation_options, self.embedded)
         check_int("variation_batch_size", self.variation_batch_size)
         if self.variation_shard_size is not None:
             check_int("variation_shard_size", self.variation_shard_size)
@@ -142,7 +150,11 @@ class DefendConfig:
         if self.detection_threshold is not None:
             check_number("detection_threshold", self.detection_threshold)
         if self.detection_budget is not None:
-            check_fraction("detection_budget", self.detection_budget)
+            budget = check_number("detection_budget", self.detection_budget)
+            if not 0 < budget < 1:  # 1 flags every row and leaves nothing to train on; 0 flags none
+                raise ValueError(f"detection_budget must lie in (0, 1), the share of training rows flagged: a budget "
+                                 f"of 1 flags every row, leaving none to train on (and 0 flags none); got "
+                                 f"{self.detection_budget!r}.")
         check_int("gallery_size", self.gallery_size)
         check_int("target_label", self.target_label, minimum=0)
         check_fraction("poison_rate", self.poison_rate)
@@ -194,22 +206,135 @@ class DefendConfig:
         return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# ImageVariation options that defend already passes from its own flags (variation_factory in defend.py):
+# a second value in variation_options would clash with them or be silently dropped, so the flag is named.
+_SET_BY_DEFEND = {"seed": "--seed", "device": "--device", "prior": "--diffusion-prior",
+                  "image_column": "--image-column (defend renames it to 'image' first)"}
+_FLAGS = ("resize_to_source", "color_transfer", "channels_last", "torch_compile", "stochastic")
+
+
+def check_variation_options(options: dict, embedded: bool) -> None:
+    """``variation_options`` hold options ``ImageVariation`` takes, with valid values.
+
+    Checked when the config is built, so that a typo or a zero fails before the data and
+    teacher stages instead of inside the variations stage. The names are those of
+    ``ImageVariation.embedded`` or ``ImageVariation.from_pretrained`` (which defend calls).
+    """
+    if not options:
+        return  # nothing to check, and no need to import the variations package (torch, diffusers)
+    from ..variations.options import (EMBEDDED_OPTIONS, GENERIC_OPTIONS, INIT_OPTIONS, PRETRAINED_OPTIONS,
+                                      check_generic_options, resolve_dtype)
+
+    extra = EMBEDDED_OPTIONS if embedded else PRETRAINED_OPTIONS
+    known = [name for name in INIT_OPTIONS + extra if name not in _SET_BY_DEFEND and name != "trust_remote_code"]
+    for name, value in options.items():
+        if name in _SET_BY_DEFEND:
+            raise ValueError(f"variation_options[{name!r}] is set by {_SET_BY_DEFEND[name]}; remove it from "
+                             "variation_options.")
+        if name == "trust_remote_code":
+            raise ValueError("variation_options['trust_remote_code'] is refused: hf-backdoor-guard never runs code "
+                             "from a model repo or folder.")
+        if name in EMBEDDED_OPTIONS + PRETRAINED_OPTIONS and name not in known:
+            other = "--diffusion-model embedded" if name in EMBEDDED_OPTIONS else "a pipeline folder or Hub id"
+            raise ValueError(f"variation option {name!r} applies with {other} only; the options here are "
+                             f"{sorted(known)}.")
+        if name not in known:
+            raise ValueError(f"unknown variation option {name!r}; the options are {sorted(known)}.")
+        try:
+            if name in GENERIC_OPTIONS:
+                check_generic_options(**{name: value})  # one at a time: each message names its option
+            elif name == "dtype":
+                resolve_dtype(value)
+        except ValueError as error:
+            text = str(error)
+            detail = text[len(name):] if text.startswith(name) else f": {text}"
+            raise ValueError(f"variation_options[{name!r}]{detail}") from None
+        if name in _FLAGS and not isinstance(value, bool):
+            raise ValueError(f"variation_options[{name!r}] must be true or false, got {value!r}.")
+    if embedded and options.get("speed") is not None:
+        from ..embedded import EMBEDDED_SPEED_PRESETS
+
+        if options["speed"] not in EMBEDDED_SPEED_PRESETS:
+            raise ValueError(f"variation_options['speed'] must be one of {sorted(EMBEDDED_SPEED_PRESETS)} for the "
+                             f"embedded model, got {options['speed']!r}.")
+
+
+def _config_loader():
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does and refusing a key given twice.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: ``1e-3`` and
+    ``2E-4`` would be strings, and learning rates are written that way.
+    """
+    import re
+
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            # A YAML mapping silently keeps the last of two equal keys; a config file's user meant one of them.
+            if isinstance(node, yaml.MappingNode):
+                lines: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges may override: that is their use
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        if key in lines:
+                            raise _DuplicateKey(key, lines[key], key_node.start_mark.line + 1)
+                        lines[key] = key_node.start_mark.line + 1
+                    except TypeError:  # unhashable: the base class says so
+                        continue
+            return super().construct_mapping(node, deep)
+
+    # Added after PyYAML's own resolvers, so an integer stays an int. Digits, then a dot or not, then an
+    # exponent whose sign is optional: what YAML 1.1 misses.
+    ConfigLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."))
+    return ConfigLoader
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, first: int, second: int):
+        super().__init__(key, first, second)
+        self.key, self.first, self.second = key, first, second
+
+
+def _expects_number(annotation) -> bool:
+    parts = {part.strip() for part in str(annotation).split("|")}
+    return bool(parts & {"int", "float"})
+
+
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML (or JSON) file holding one mapping of option names (dashes or underscores) to values."""
+    """A YAML (or JSON) file holding one mapping of option names (dashes or underscores) to values.
+
+    Floats are read as YAML 1.2 reads them (``1e-3`` is a number); a key given twice is refused.
+    """
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_config_loader())
+    except _DuplicateKey as error:
+        lines = f"line {error.first}" if error.first == error.second else f"lines {error.first} and {error.second}"
+        raise ValueError(f"config file {path}: key {error.key!r} is given twice ({lines}); YAML would keep only the "
+                         "last value. Remove one.") from None
     except yaml.YAMLError as error:
         raise ValueError(f"config file {path} is not valid YAML: {error}") from error
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}.")
-    return {str(key).replace("-", "_"): value for key, value in data.items()}
+    values = {str(key).replace("-", "_"): value for key, value in data.items()}
+    annotations = {item.name: item.type for item in dataclasses.fields(DefendConfig)}
+    for name, value in values.items():
+        if isinstance(value, str) and _expects_number(annotations.get(name, "")):
+            raise ValueError(f"config file {path}: {name} must be a number, but the file gives the string {value!r} "
+                             "(YAML reads a quoted value as text; write the number without quotes).")
+    return values
 
 
 def check_diffusion_model(config: DefendConfig) -> None:
@@ -239,15 +364,52 @@ def check_diffusion_model(config: DefendConfig) -> None:
     if adapter.prior_classes and config.diffusion_prior is None:
         raise ValueError(f"--diffusion-model {config.diffusion_model} holds a {class_name}, which needs its prior "
                          f"stage: pass --diffusion-prior (a {' or '.join(adapter.prior_classes)}).")
+    try:
+        adapter.speed_preset(config.variation_options.get("speed"))
+    except ValueError as error:
+        raise ValueError(f"variation_options['speed']: {error}") from None
+    for option, source in (("--diffusion-model", config.diffusion_model),
+                           ("--diffusion-prior", config.diffusion_prior)):
+        if source is not None and Path(source).is_dir():  # a Hub id's weights arrive only when it loads
+            check_pipeline_weights(Path(source), option)
     if not torch.cuda.is_available():
         logger.warning("No CUDA GPU: %s will generate the variations on the CPU, which is slow for full-size "
                        "diffusion models.", config.diffusion_model)
 
 
+def check_pipeline_weights(folder: Path, option: str = "--diffusion-model") -> None:
+    """Each component of a saved diffusers pipeline that is a model holds safetensors with readable headers.
+
+    The pipeline loads with ``use_safetensors=True`` (variations/adapters.py), so pickle-only
+    weights or a corrupt file would fail only when the variations stage starts. Components
+    are those ``model_index.json`` lists; a model's sub-folder is the one with a ``config.json``
+    (schedulers, tokenizers and feature extractors have other config files and no weights).
+    """
+    from ..loading import PICKLE_SUFFIXES, check_safetensors_weights
+
+    index_file = folder / "model_index.json"
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{option} {folder}: cannot read {index_file} ({error}).") from error
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or not any(entry):
+            continue  # bookkeeping, a setting, or an optional component left out ([null, null])
+        sub = folder / name
+        if not sub.is_dir():
+            raise ValueError(f"{option} {folder}: model_index.json lists the component '{name}', but there is no "
+                             f"{sub} folder.")
+        holds_weights = (sub / "config.json").is_file() or any(
+            path.suffix in PICKLE_SUFFIXES + (".safetensors",) for path in sub.iterdir())
+        if holds_weights:
+            check_safetensors_weights(sub, f"{option} {folder}, component '{name}'",
+                                      "pipeline.save_pretrained(folder, safe_serialization=True)")
+
+
 # Which options decide which stage's output (a rerun with another value is refused, naming it).
 STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "data": ("dataset", "data_dir", "dataset_config", "split", "eval_split", "image_column", "label_column",
-             "max_train_rows", "max_eval_rows", "seed", "attack", "attack_options", "target_label",
+    "data": ("dataset", "data_dir", "dataset_config", "split", "eval_split", "train_val_split", "image_column",
+             "label_column", "max_train_rows", "max_eval_rows", "seed", "attack", "attack_options", "target_label",
              "poison_rate", "poison_options"),
     "teacher": ("model", "image_size", "width", "num_train_epochs", "batch_size", "learning_rate",
                 "weight_decay", "augment", "seed"),
@@ -270,4 +432,4 @@ def stage_settings(config: DefendConfig, stage: str, **extra: Any) -> dict[str, 
 
 
 __all__ = ["DefendConfig", "DEFAULT_DIFFUSION_MODEL", "EMBEDDED", "STAGE_OPTIONS", "check_diffusion_model",
-           "read_config_file", "stage_settings"]
+           "check_pipeline_weights", "check_variation_options", "read_config_file", "stage_settings"]

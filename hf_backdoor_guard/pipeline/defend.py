@@ -18,13 +18,25 @@ R-Acc are reported beside C-Acc. The demo is this function on the embedded defau
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..outputs import check_output_dir, claim_output_dir, locked, record_outputs, recorded_outputs, remove_outputs
+import numpy as np
+
+from ..outputs import (
+    adopt_output_dir,
+    check_output_dir,
+    claim_output_dir,
+    locked,
+    read_marker,
+    record_outputs,
+    recorded_outputs,
+    remove_outputs,
+)
 from . import stages
 from .config import DefendConfig, check_diffusion_model, stage_settings
 from .models import check_model
@@ -36,9 +48,11 @@ logger = logging.getLogger(__name__)
 OWNER = "defend"
 STAGES_DIR = "stages"
 # What a run writes into --output-dir (recorded in its marker before writing, so that only these are ever
-# replaced or removed); .cleaned.tmp is where cleaned/ is written before a rename (model/ is staged by publish_model).
-OUTPUT_NAMES = (STAGES_DIR, "model", "cleaned", "detection.json", "metrics.json", "report.md", "gallery.png",
-                "suspicion.png", "metrics.png", "samples.png", ".cleaned.tmp")
+# replaced or removed). cleaned/ is recorded file by file (outputs.write_folder_files, through .cleaned.tmp);
+# model/ (staged by publish_model) and stages/ carry markers of their own: a user's file in any of them stays.
+RECORDED_WHOLE = (STAGES_DIR, "model", "detection.json", "metrics.json", "report.md", "gallery.png", "suspicion.png",
+                  "metrics.png", "samples.png")
+OUTPUT_NAMES = (*RECORDED_WHOLE, "cleaned", ".cleaned.tmp")
 
 
 @dataclass
@@ -51,6 +65,32 @@ class Inputs:
     attack: Any = None
     poison_kwargs: dict | None = None
     data_settings: dict | None = None
+    eval_name: str = "test"  # how the report names the evaluation split
+    content: dict | None = None  # what the user's data holds (fingerprint, rows): decides the data stage
+    source_rows: list[int] | None = None  # each training row's index in the input split, when they differ
+
+
+def data_folder(config: DefendConfig) -> Path | None:
+    """The local folder the data is read from (an imagefolder's --data-dir, a save_to_disk folder), if any."""
+    if config.data_dir:
+        return Path(config.data_dir).expanduser()
+    if config.dataset and Path(config.dataset).expanduser().is_dir():
+        return Path(config.dataset).expanduser()
+    return None
+
+
+def check_folders_apart(output_dir: Path, data_dir: Path | None) -> None:
+    """The output folder and the data folder do not hold each other: a later run would read the report's images
+    as training data (an imagefolder class named after the output folder), or a run would write into the data."""
+    if data_dir is None:
+        return
+    out, data = output_dir.expanduser().resolve(), data_dir.resolve()
+    if out == data or out.is_relative_to(data):
+        raise ValueError(f"--output-dir {output_dir} is inside the data folder {data_dir}: a later run would read "
+                         "its files as data. Choose an output folder outside it.")
+    if data.is_relative_to(out):
+        raise ValueError(f"The data folder {data_dir} is inside --output-dir {output_dir}; choose an output folder "
+                         "that does not hold the data.")
 
 
 def _num_variations(config: DefendConfig) -> int:
@@ -68,7 +108,7 @@ def check_output_names(output_dir: Path, names, owner: str, option: str = "--out
     check_output_dir(output_dir, owner, option)
     if not output_dir.is_dir():
         return
-    ours = set(recorded_outputs(output_dir))
+    ours = {entry.split("/")[0] for entry in recorded_outputs(output_dir)}  # cleaned/... makes cleaned/ ours
     theirs = [name for name in names if name not in ours and (output_dir / name).exists()]
     if theirs:
         raise ValueError(f"{option} {output_dir} holds {theirs}, which this run would write, but no earlier run "
@@ -78,14 +118,21 @@ def check_output_names(output_dir: Path, names, owner: str, option: str = "--out
 def prepare(config: DefendConfig, *, train=None, eval_ds=None, attack=None, poison_kwargs=None,
             data_settings: dict | None = None, owner: str = OWNER) -> Inputs:
     """Every check, before any work. ``train``/``eval_ds`` (with ``image``/``label`` columns) replace
-    loading ``config.dataset``; ``attack``/``poison_kwargs`` replace building ``config.attack``."""
-    from ..data import class_names, load_image_splits, stratified_subset
-    from ..validation import check_dataset, check_target_label
+    loading ``config.dataset``; ``attack``/``poison_kwargs`` replace building ``config.attack``.
 
-    check_output_names(Path(config.output_dir), OUTPUT_NAMES, owner)
+    Every label is checked and every image the run uses is decoded once, so a bad row is
+    named (its file, for an imagefolder) before any stage runs. Without an evaluation split,
+    ``config.train_val_split`` of the training rows is held out (stratified, seeded).
+    """
+    from ..caching import dataset_fingerprint
+    from ..data import class_names, held_out_rows, load_image_splits, stratified_indices
+    from ..validation import check_dataset, check_images_decode, check_labels, check_target_label
+
+    output_dir = Path(config.output_dir)
+    check_folders_apart(output_dir, data_folder(config))
+    check_output_names(output_dir, OUTPUT_NAMES, owner)
     check_diffusion_model(config)
     config.resolved_device()
-    check_model(config.model)
     if train is None:
         if config.dataset is None:
             raise ValueError("dataset is required (--dataset: a Hub id, 'imagefolder' with --data-dir, or a "
@@ -102,14 +149,36 @@ def prepare(config: DefendConfig, *, train=None, eval_ds=None, attack=None, pois
         train, eval_ds = train.rename_columns(renames), eval_ds.rename_columns(renames) if eval_ds else None
     else:
         check_dataset(train)
-    if eval_ds is None:
-        raise ValueError("An evaluation split is needed for the report's clean accuracy: the dataset has none "
-                         "named test or validation; pass --eval-split.")
-    check_dataset(eval_ds)
-    train = stratified_subset(train, config.max_train_rows, config.seed)
-    eval_ds = stratified_subset(eval_ds, config.max_eval_rows, config.seed)
+    check_labels(train, config.split)
     label_names = class_names(train)
-    check_model(config.model, len(label_names))
+    check_model(config.model, len(label_names))  # before the images are decoded: it is the quicker check
+    # Rows are chosen as indices of the input split, so every message and detection.json name rows as the user has them.
+    input_rows = len(train)
+    kept = np.arange(input_rows)
+    if eval_ds is None:
+        kept, held_out, stratified = held_out_rows(train, config.train_val_split, config.seed)
+        eval_name = (f"{len(held_out)} rows ({config.train_val_split:.0%}) held out of '{config.split}', "
+                     f"{'stratified by class' if stratified else 'at random'}, seed {config.seed}")
+        logger.info("No evaluation split (test, validation or --eval-split): evaluating on %s (--train-val-split).",
+                    eval_name)
+        eval_rows = held_out[stratified_indices(train.select(held_out), config.max_eval_rows, config.seed)]
+        check_images_decode(train, config.split, eval_rows)
+        eval_ds = train.select(eval_rows)
+    else:
+        check_dataset(eval_ds)
+        eval_name = str(getattr(eval_ds, "split", None) or config.eval_split or "test")
+        check_labels(eval_ds, eval_name, len(label_names))
+        eval_rows = stratified_indices(eval_ds, config.max_eval_rows, config.seed)
+        check_images_decode(eval_ds, eval_name, eval_rows)
+        eval_ds = _rows(eval_ds, eval_rows)
+    train_rows = kept[stratified_indices(_rows(train, kept), config.max_train_rows, config.seed)]
+    check_images_decode(train, config.split, train_rows)
+    train = _rows(train, train_rows)
+    unlearnable = sorted(set(eval_ds["label"]) - set(train["label"]))
+    if unlearnable:
+        logger.warning("Evaluation classes %s have no training rows: no model can learn them, so their %d "
+                       "evaluation rows all count as misses in C-Acc.", [label_names[c] for c in unlearnable],
+                       sum(label in unlearnable for label in eval_ds["label"]))
     if config.research:
         check_target_label(config.target_label, len(label_names))
         if attack is None:
@@ -119,21 +188,64 @@ def prepare(config: DefendConfig, *, train=None, eval_ds=None, attack=None, pois
             poison_kwargs = {"rate": config.poison_rate, **config.poison_options}
     if config.push_to_hub and config.research is False:
         logger.info("The model card will state clean accuracy only (no attack was measured).")
-    return Inputs(train, eval_ds, label_names, attack, poison_kwargs, data_settings)
+    content = None
+    if data_settings is None:  # the user's data: its content, not its name, decides the cached data stage
+        content = {split: {"fingerprint": dataset_fingerprint(ds), "rows": len(ds)}
+                   for split, ds in (("train", train), ("eval", eval_ds))}
+    source_rows = None if len(train_rows) == input_rows else train_rows.tolist()  # sorted: all rows is the identity
+    return Inputs(train, eval_ds, label_names, attack, poison_kwargs, data_settings, eval_name, content, source_rows)
+
+
+def _rows(ds, rows):
+    return ds if len(rows) == len(ds) else ds.select(rows)
+
+
+def restart_if_data_changed(run: RunFolder, plan: dict) -> None:
+    """Discard every stage of ``run`` when the data it was made from is not the data of ``plan`` any more.
+
+    A user who edits the data folder (removes images, moves a class, fixes a file) and
+    reruns must get results for the new data, never the cached ones of the old.
+    """
+    record = run.record("data")
+    planned = plan["data"].get("content")
+    if not record or planned is None:
+        return
+    before = (record.get("settings") or {}).get("content")
+    if before == json.loads(json.dumps(planned)):
+        return
+    if before is None:
+        why = "its record holds no fingerprint of the data (an older version made it)"
+    else:
+        changed = {split: ((before.get(split) or {}).get("rows"), now["rows"]) for split, now in planned.items()
+                   if (before.get(split) or {}).get("fingerprint") != now["fingerprint"]}
+        why = "; ".join(f"{split} split: {was} rows, now {rows}" if was != rows else f"{split} split: other content"
+                        for split, (was, rows) in changed.items())
+    logger.warning("The data changed since the run in %s was made (%s): every stage runs again.", run.path, why)
+    for stage in list(run.records()):
+        run.discard(stage)
 
 
 @contextlib.contextmanager
 def _claimed(output_dir: Path, owner: str, overwrite: bool, is_main: bool):
-    """The main process claims and locks ``output_dir`` for the run; ``overwrite`` first removes our old outputs."""
+    """The main process claims and locks ``output_dir`` for the run; ``overwrite`` then removes our old outputs.
+
+    The lock comes first: a second run must not remove the files of a run that is still
+    using the folder. ``stages/`` gets a marker of its own, so a rerun or ``--overwrite``
+    removes the stage outputs and leaves a user's file there alone.
+    """
     if not is_main:
         yield
         return
-    if overwrite and output_dir.is_dir():
-        removed = remove_outputs(output_dir)
-        logger.info("--overwrite: removed %s from %s (only what an earlier run wrote).", removed, output_dir)
     claim_output_dir(output_dir, owner, "--output-dir")
     with locked(output_dir, f"{owner} run"):
+        if overwrite:
+            removed = remove_outputs(output_dir)
+            logger.info("--overwrite: removed %s from %s (only what an earlier run wrote).", removed, output_dir)
+        stages_dir = output_dir / STAGES_DIR
         record_outputs(output_dir, [STAGES_DIR])
+        if stages_dir.is_dir() and read_marker(stages_dir) is None:  # recorded whole by an earlier version
+            adopt_output_dir(stages_dir, owner)
+        claim_output_dir(stages_dir, owner, "--output-dir")
         yield
 
 
@@ -166,6 +278,8 @@ def run_plan(config: DefendConfig, inputs: Inputs) -> dict[str, dict]:
     plan = {name: stage_settings(config, name) for name in
             ("data", "teacher", "variations", "detection", "student", "student_cleaned", "evaluation")}
     plan["data"].update(inputs.data_settings or {})
+    if inputs.content is not None:
+        plan["data"]["content"] = inputs.content
     if inputs.attack is not None:
         plan["data"].update(attack_config=inputs.attack.config(), poison_kwargs=inputs.poison_kwargs)
     if config.baselines:
@@ -247,6 +361,7 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
                         restart_hint=", or pass --overwrite to start over (it removes only what backdoor-guard "
                                      "wrote there)")
         plan = run_plan(config, inputs)
+        restart_if_data_changed(run, plan)
         run.check(plan)
         shared = shared_stages(run, config, inputs, plan, device)
         student_args = student_arguments(run, config, shared)
@@ -269,7 +384,7 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
         if run.is_main_process:
             # Recorded before they are written (the checks before work found none of them to be the user's),
             # so a run killed while writing them leaves names the next run may replace.
-            record_outputs(output_dir, OUTPUT_NAMES)
+            record_outputs(output_dir, RECORDED_WHOLE)
             result = write_outputs(output_dir, run, config, inputs, shared.data, shared.variations, shared.detection,
                                    scores, student=models["student"], started=started, report_title=report_title)
         run.wait()
@@ -283,5 +398,5 @@ def defend_main(config: DefendConfig) -> dict:
     return run_defend(config)
 
 
-__all__ = ["OUTPUT_NAMES", "Inputs", "Shared", "check_output_names", "defend_main", "prepare", "run_defend", "run_plan",
-           "shared_stages", "student_arguments"]
+__all__ = ["OUTPUT_NAMES", "Inputs", "Shared", "check_folders_apart", "check_output_names", "data_folder", "defend_main",
+           "prepare", "restart_if_data_changed", "run_defend", "run_plan", "shared_stages", "student_arguments"]

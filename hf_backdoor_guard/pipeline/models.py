@@ -92,15 +92,39 @@ def model_source(model: str | os.PathLike) -> str:
 def check_model(model: str | os.PathLike, num_labels: int | None = None) -> None:
     """Every check :func:`build_classifier` makes, without loading weights (run it before any work).
 
-    For a folder or Hub id this reads ``config.json`` (offline: from the local cache); the
-    model must be an image classifier.
+    For a folder or Hub id this reads ``config.json`` (offline: from the local cache), and
+    the model must be an image classifier; its image processor must load without custom
+    code. A folder's weights must be safetensors with readable headers.
     """
-    if model_source(model) == "architecture":
+    from ..loading import check_safetensors_weights
+
+    source = model_source(model)
+    if source == "architecture":
         return
     config = _load_config(model)
+    if source == "folder":  # a Hub id's weights are fetched when it loads; a folder's can be checked now
+        check_safetensors_weights(Path(str(model)).expanduser(), f"model '{model}'",
+                                  "model.save_pretrained(folder)")
+    _load_processor(model)
     if num_labels is not None and config.num_labels != num_labels:
         logger.warning("model '%s' has num_labels=%d but the dataset has %d classes: it will get a new "
                        "classification head, trained from scratch.", model, config.num_labels, num_labels)
+
+
+def _load_processor(model):
+    """The image processor saved with ``model``; ValueError saying why when there is none it may use."""
+    from ..loading import NO_PROCESSOR_FILE, load_image_processor
+
+    processor, why_not = load_image_processor(str(model))
+    if processor is not None:
+        return processor
+    if why_not == NO_PROCESSOR_FILE:
+        raise ValueError(f"model '{model}' has no image processor (there is no preprocessor_config.json); save one "
+                         "beside the weights with processor.save_pretrained(folder).")
+    if why_not.startswith("refused"):
+        raise ValueError(f"model '{model}': its image processor is {why_not}. Save a transformers image processor "
+                         "beside the weights instead (processor.save_pretrained(folder)).")
+    raise ValueError(f"model '{model}': its image processor could not be loaded ({why_not}).")
 
 
 def _load_config(model):
@@ -190,19 +214,17 @@ def build_classifier(
 def _load_pretrained(model, num_labels: int, id2label: dict, label2id: dict, seed: int):
     import torch
 
-    from ..loading import load_image_classifier
+    from ..loading import load_classifier
 
     config = _load_config(model)
+    processor = _load_processor(model)  # first: it says why it cannot be used before the weights load
     options = {"id2label": id2label, "label2id": label2id, "num_labels": num_labels}
     if config.num_labels != num_labels:
         logger.warning("model '%s' has num_labels=%d but the dataset has %d classes: it gets a new classification "
                        "head, trained from scratch.", model, config.num_labels, num_labels)
         options["ignore_mismatched_sizes"] = True
         torch.manual_seed(seed)  # the new head's initial weights
-    classifier, processor = load_image_classifier(model, "the classifier to start from", **options)
-    if processor is None:
-        raise ValueError(f"model '{model}' has no image processor (preprocessor_config.json); save one beside the "
-                         "weights with processor.save_pretrained(folder).")
+    classifier = load_classifier(model, "the classifier to start from", **options)
     return classifier, processor
 
 

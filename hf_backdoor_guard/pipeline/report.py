@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..outputs import write_json_atomic, write_text_atomic
+from ..outputs import write_folder_files, write_json_atomic, write_text_atomic
 from . import figures
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,13 @@ def _card_details(config, result: dict) -> dict[str, Any]:
                                        "teacher_logits": config.teacher_logits}, seed=config.seed)
 
 
+def local_repo_name(output_dir: Path) -> str:
+    """The repo name a card shows when nothing is pushed: the output folder's name as a valid Hub name
+    (a folder named "my run" or "données" must not fail a run that never asked for the Hub)."""
+    name = re.sub(r"[^A-Za-z0-9_]+", "-", output_dir.resolve().name).strip("-_")[:80]
+    return f"{name or 'defend'}-robust"
+
+
 def _write_model(output_dir: Path, config, student, result: dict, push: bool):
     """``model/``: the student staged by ``hub.publish_model`` with its card.
 
@@ -128,7 +135,7 @@ def _write_model(output_dir: Path, config, student, result: dict, push: bool):
     from ..hub import publish_model
 
     model, processor = student
-    repo_id = config.push_to_hub or f"{output_dir.resolve().name}-robust"
+    repo_id = config.push_to_hub or local_repo_name(output_dir)
     models = result["models"]
     if config.research:
         metrics, teacher = {config.attack: models["student"]}, {config.attack: models["teacher"]}
@@ -157,19 +164,16 @@ def write_outputs(output_dir: Path, run, config, inputs, data, variations, detec
     begun = time.perf_counter()
     train = data["train"]
     summary = detection_summary(train, variations, detection, config.research)
-    write_json_atomic(output_dir / "detection.json", {key: detection[key] for key in
-                                                       ("score", "threshold", "flagged", "suspicion",
-                                                        "variation_prediction")})
+    written = {key: detection[key] for key in ("score", "threshold", "flagged", "suspicion", "variation_prediction")}
+    if inputs.source_rows is not None:  # a subset or a held-out share: name rows as the input split numbers them
+        written["flagged"] = [inputs.source_rows[row] for row in detection["flagged"]]
+        written["rows"] = inputs.source_rows
+    write_json_atomic(output_dir / "detection.json", written)
     flagged = set(detection["flagged"])
     kept = [row for row in range(len(train)) if row not in flagged]
     renames = {old: new for old, new in (("image", config.image_column), ("label", config.label_column)) if old != new}
-    tmp = output_dir / ".cleaned.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    train.select(kept).flatten_indices().rename_columns(renames).save_to_disk(str(tmp))
-    if (output_dir / "cleaned").exists():
-        shutil.rmtree(output_dir / "cleaned")
-    tmp.rename(output_dir / "cleaned")
+    cleaned = train.select(kept).flatten_indices().rename_columns(renames)
+    write_folder_files(output_dir, "cleaned", lambda folder: cleaned.save_to_disk(str(folder)))
 
     record = run.record("variations") or {}
     result: dict[str, Any] = {
@@ -186,7 +190,7 @@ def write_outputs(output_dir: Path, run, config, inputs, data, variations, detec
         "rows": {"train": len(train), "kept": len(kept), "test": len(data["eval"]),
                  "torch_threads": torch.get_num_threads()},
         "data": _data_name(config, inputs),
-        "eval_split": str(getattr(inputs.eval_ds, "split", None) or config.eval_split or "test"),
+        "eval_split": inputs.eval_name,
     }
     title = report_title or f"backdoor-guard defend: {result['data']}"
     if config.research:

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ..outputs import write_json_atomic
+from ..outputs import read_marker, record_outputs, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,7 @@ class RunFolder:
         else:
             self.wait()  # every process has seen the same records before the main one changes them
             logger.info("Stage %s: running", stage)
+            self._record_in_marker(RECORD, output, f"{_TMP_PREFIX}{output}", *partial)
             self._write_record(stage, new=True, settings=_normalise(settings), output=output, complete=False,
                                **({"partial": list(partial)} if partial else {}))
             started = time.perf_counter()
@@ -241,6 +242,12 @@ class RunFolder:
                                **({"details": _normalise(details)} if isinstance(details, dict) else {}))
             self.wait()
         return load(self.path / output)
+
+    def _record_in_marker(self, *names: str) -> None:
+        """Main process: where the folder is an output folder of ours (defend's ``stages/``), its marker lists
+        what the stages write, so that ``--overwrite`` removes those and leaves a user's file there alone."""
+        if self.is_main_process and read_marker(self.path) is not None:
+            record_outputs(self.path, names)
 
     def write_dir(self, name: str, write: Callable[[Path], Any]) -> Path:
         """Main process: ``write(tmp_folder)``, then rename it to ``name`` (replacing an older, unfinished one)."""

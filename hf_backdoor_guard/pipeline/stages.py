@@ -323,7 +323,9 @@ def detection_stage(run: RunFolder, teacher, processor, train, variations, *, se
         logits = load_file(str(run.path / LOGITS_FILE))
         return {**result, "original_logits": logits["original"], "variation_logits": logits["variations"]}
 
-    return run.run_stage("detection", settings, DETECTION_FILE, make, load)
+    # The logits file is the stage's too: recorded with it, so a discard or --overwrite removes it as well.
+    return run.run_stage("detection", settings, DETECTION_FILE, make, load,
+                         partial=(LOGITS_FILE, f".{LOGITS_FILE}.partial"))
 
 
 # --- students ------------------------------------------------------------------------------

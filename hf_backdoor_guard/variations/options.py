@@ -15,6 +15,17 @@ from ..validation import check_int, check_number, check_seed
 GENERIC_OPTIONS = ("num_variations", "num_inference_steps", "guidance_scale", "strength", "eta", "seed",
                     "pipeline_kwargs", "prior_kwargs", "channels_last", "torch_compile")
 
+# The keyword arguments ImageVariation's constructors accept, so that callers holding options for later
+# (a config file) can refuse an unknown one before any work. tests/test_defend_checks.py keeps them in step
+# with the signatures in core.py.
+#: ``ImageVariation.__init__`` (``from_pretrained`` and ``embedded`` pass their ``**options`` on to it)
+INIT_OPTIONS = GENERIC_OPTIONS + ("prior", "scheduler", "size", "resize_to_source", "color_transfer", "keep_source",
+                                  "prompt", "dtype", "device", "image_column", "speed")
+#: ``ImageVariation.from_pretrained`` only: where the weights come from
+PRETRAINED_OPTIONS = ("revision", "variant", "trust_remote_code")
+#: ``ImageVariation.embedded`` only: DDIM's eta named by its effect (see EMBEDDED_VARIATION_DEFAULTS)
+EMBEDDED_OPTIONS = ("stochastic",)
+
 
 def check_generic_options(num_variations=1, num_inference_steps=None, guidance_scale=None, strength=None, eta=None,
                            seed=42, pipeline_kwargs=None, prior_kwargs=None, channels_last=None,
