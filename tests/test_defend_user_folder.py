@@ -23,8 +23,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from digits_folder import write_digits_imagefolder  # noqa: E402
 
-from datasets import Image  # noqa: E402
-
 from hf_backdoor_guard.cli import main  # noqa: E402
 
 QUICK = "num_train_epochs: 1\nvariation_options:\n  num_variations: 1\n  num_inference_steps: 2\n"
