@@ -134,6 +134,23 @@ def adopt_output_dir(path: str | os.PathLike, owner: str) -> None:
     write_json_atomic(path / MARKER, {"owner": owner, "outputs": entries})
 
 
+def claim_sub_folder(parent: str | os.PathLike, name: str, owner: str, option: str = "output_dir") -> Path:
+    """Record sub-folder ``name`` of output folder ``parent`` and make it an output folder of its own (a marker).
+
+    For a cache a user may drop files into (``defend``'s ``stages/``): removing it then
+    removes what its marker lists, never the whole folder. One an earlier version recorded
+    whole (all of it ours) is adopted with everything in it; an unrecorded folder holding
+    files is the user's and refused, as :func:`claim_output_dir` refuses any.
+    """
+    parent = Path(parent)
+    folder = parent / name
+    if folder.is_dir() and read_marker(folder) is None and name in recorded_outputs(parent):
+        adopt_output_dir(folder, owner)
+    check_output_dir(folder, owner, option)
+    record_outputs(parent, [name])
+    return claim_output_dir(folder, owner, option)
+
+
 def record_outputs(path: str | os.PathLike, names: Iterable[str]) -> None:
     """Add ``names`` (files or folders directly inside ``path``) to the outputs the marker owns."""
     path = Path(path)
@@ -178,13 +195,15 @@ def remove_outputs(path: str | os.PathLike, names: Iterable[str] | None = None) 
     path = Path(path)
     recorded = recorded_outputs(path)
     wanted = _selected(recorded, names)
-    removed = []
+    removed, kept = [], set()
     for name in wanted:
         target = path / name
         if target.is_dir() and not target.is_symlink():
             if read_marker(target) is not None:
                 remove_outputs(target)
-                _remove_if_only_ours(target)
+                if not _remove_if_only_ours(target):
+                    kept.add(name)  # a user's files are left in it: still our folder, with our marker
+                    continue
             else:
                 shutil.rmtree(target)
         elif target.exists() or target.is_symlink():
@@ -193,20 +212,22 @@ def remove_outputs(path: str | os.PathLike, names: Iterable[str] | None = None) 
             continue
         removed.append(name)
         _prune_empty_parents(path, target)
-    gone = set(wanted)
+    gone = set(wanted) - kept
     if gone:
         marker = read_marker(path)
         write_json_atomic(path / MARKER, {**marker, "outputs": [name for name in recorded if name not in gone]})
     return removed
 
 
-def _remove_if_only_ours(folder: Path) -> None:
-    """Remove a nested output folder once only our marker and lock files are left in it."""
+def _remove_if_only_ours(folder: Path) -> bool:
+    """Remove a nested output folder if only our marker and lock files are left in it; whether it went."""
     entries = list(folder.iterdir())
-    if all(_is_own_file(entry.name) for entry in entries):
-        for entry in entries:
-            entry.unlink()
-        folder.rmdir()
+    if not all(_is_own_file(entry.name) for entry in entries):
+        return False
+    for entry in entries:
+        entry.unlink()
+    folder.rmdir()
+    return True
 
 
 def _prune_empty_parents(root: Path, target: Path) -> None:

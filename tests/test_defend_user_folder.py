@@ -306,3 +306,28 @@ def test_a_defend_killed_at_random_points_ends_as_an_uninterrupted_run(tmp_path,
     for name in want:
         assert got[name] == pytest.approx(want[name]), name
     assert tree(out / "cleaned").keys() == tree(reference / "cleaned").keys()
+
+
+# --- compare and the demo keep the same promises -----------------------------------------------
+def test_compare_overwrite_waits_for_the_lock_and_keeps_user_files(tmp_path, caplog):
+    from hf_backdoor_guard.pipeline.compare import run_compare
+
+    tiny = dict(train_rows=120, test_rows=40, teacher_epochs=1, student_epochs=1,
+                variation_options={"num_inference_steps": 2, "num_variations": 1})
+    out = tmp_path / "compare"
+    run_compare("badnets", 0, out, defenses=["fine_pruning"], **tiny)
+    (out / "defenses" / "notes.txt").write_text("mine")
+    (out / "method" / "stages" / "notes.txt").write_text("mine too")
+    before = tree(out / "defenses")
+    holder = _hold_lock(out, tmp_path / "ready")
+    try:
+        assert main(["compare", "--output-dir", str(out), "--defenses", "fine_pruning", "--overwrite"]) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "is in use by another" in caplog.text and tree(out / "defenses") == before
+    run_compare("badnets", 0, out, defenses=["fine_pruning"], overwrite=True, **{**tiny, "teacher_epochs": 2})
+    assert (out / "defenses" / "notes.txt").read_text() == "mine"
+    assert (out / "method" / "stages" / "notes.txt").read_text() == "mine too"
+    teacher = json.loads((out / "method" / "stages" / "stages.json").read_text())["teacher"]
+    assert teacher["settings"]["num_train_epochs"] == 2

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..defenses.base import Assumptions
-from ..outputs import claim_output_dir, locked, record_outputs, remove_outputs
+from ..outputs import claim_output_dir, claim_sub_folder, locked, record_outputs, remove_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -243,25 +243,31 @@ def run_compare(attack: str = "badnets", seed: int = 0, output_dir: str | os.Pat
     output_dir = Path(output_dir)
     report = report or logger.info
     attacks, rows, demo_settings = _check(attack, seed, defenses, settings, output_dir, overwrite)
-    if overwrite and output_dir.is_dir():
-        logger.info("--overwrite: removed %s from %s (only what compare wrote).", remove_outputs(output_dir),
-                    output_dir)
     claim_output_dir(output_dir, OWNER, "--output-dir")
-    with locked(output_dir, "compare run"):
+    with locked(output_dir, "compare run"):  # before --overwrite removes anything: a running compare keeps its files
+        if overwrite:
+            logger.info("--overwrite: removed %s from %s (only what compare wrote).", remove_outputs(output_dir),
+                        output_dir)
         if attack != "all":
-            record_outputs(output_dir, SINGLE_OUTPUTS)
+            _claim_single(output_dir)
             return compare_attack(attack, output_dir, seed, demo_settings, rows, report)
         record_outputs(output_dir, attacks)
         boards = {}
         for number, name in enumerate(attacks, 1):
             report(f"=== attack {number}/{len(attacks)}: {name} ===")
             folder = claim_output_dir(output_dir / name, OWNER, "--output-dir")
-            record_outputs(folder, SINGLE_OUTPUTS)
+            _claim_single(folder)
             boards[name] = compare_attack(name, folder, seed, demo_settings, rows, report)
         board = {"seed": seed, "attacks": boards}
         record_outputs(output_dir, LEADERBOARD_FILES)
         write_leaderboard(output_dir, board, notes=SECONDS_NOTES)
     return board
+
+
+def _claim_single(folder: Path) -> None:
+    """One attack's outputs; the peer defenses' cache is an output folder of its own, so a user's file there stays."""
+    record_outputs(folder, SINGLE_OUTPUTS)
+    claim_sub_folder(folder, DEFENSES_DIR, OWNER, "--output-dir")
 
 
 def compare_attack(attack_name: str, folder: Path, seed: int, settings, rows: Sequence[str],

@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 
 from ..outputs import (
-    adopt_output_dir,
     check_output_dir,
     claim_output_dir,
+    claim_sub_folder,
     locked,
-    read_marker,
     record_outputs,
     recorded_outputs,
     remove_outputs,
@@ -241,11 +240,7 @@ def _claimed(output_dir: Path, owner: str, overwrite: bool, is_main: bool):
         if overwrite:
             removed = remove_outputs(output_dir)
             logger.info("--overwrite: removed %s from %s (only what an earlier run wrote).", removed, output_dir)
-        stages_dir = output_dir / STAGES_DIR
-        record_outputs(output_dir, [STAGES_DIR])
-        if stages_dir.is_dir() and read_marker(stages_dir) is None:  # recorded whole by an earlier version
-            adopt_output_dir(stages_dir, owner)
-        claim_output_dir(stages_dir, owner, "--output-dir")
+        claim_sub_folder(output_dir, STAGES_DIR, owner, "--output-dir")
         yield
 
 
