@@ -50,6 +50,7 @@ _EXPORTS = {
     "last_complete_checkpoint": "checkpoints",
     "BackdoorMetricsCallback": "training",
     "load_digits_dataset": "data",
+    "load_fashion_mnist": "data",
     "load_image_splits": "data",
     "run_defend": "pipeline",
     "DefendConfig": "pipeline",

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(rerun the same command to resume).",
     )
     shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("-v", "--verbose", action="store_true",
+                        help="Also print the libraries' progress bars and logs (datasets, transformers, diffusers).")
     shared.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -133,7 +135,8 @@ def defend_config(args: argparse.Namespace):
     """The ``DefendConfig`` of parsed ``defend`` arguments: the ``--config`` file, then the flags given."""
     from .pipeline.config import DefendConfig
 
-    options = {key: value for key, value in vars(args).items() if key not in ("command", "config", "debug")}
+    options = {key: value for key, value in vars(args).items()
+               if key not in ("command", "config", "debug", "verbose")}
     return DefendConfig.from_sources(args.config, **options)
 
 
@@ -194,8 +197,13 @@ def _run_publish(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.verbose:  # our own detail too: which weights load, each model's metrics as they are measured
+        logging.getLogger("hf_backdoor_guard").setLevel(logging.DEBUG)
     try:
-        return _dispatch(args)
+        from .console import quiet_libraries
+
+        with quiet_libraries(not args.verbose):
+            return _dispatch(args)
     except (ValueError, RuntimeError, OSError, KeyboardInterrupt) as error:
         if args.debug:
             raise

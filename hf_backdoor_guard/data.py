@@ -16,6 +16,9 @@ Three disjoint splits are drawn once with a fixed seed, stratified by class:
 * ``pretrain``: clean "public" data, the only data the embedded diffusion model sees;
 * ``train``: the victim's training set (the demo poisons it);
 * ``test``: held out for C-Acc / ASR / R-Acc.
+
+:func:`load_fashion_mnist` gives the second benchmark world, Fashion-MNIST at 28 px, in the
+same three splits (read from the IDX files of the Debian package or a folder, else the Hub).
 """
 
 from __future__ import annotations
@@ -132,6 +135,220 @@ def load_digits_dataset(
                     "image": [encode_png(PILImage.fromarray(image)) for image in images],
                     "label": labels.tolist(),
                 },
+                features=features,
+            )
+            for name, (images, labels) in splits.items()
+        }
+    )
+
+
+# --- Fashion-MNIST: the second benchmark world ---------------------------------------------
+FASHION_MNIST_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+#: Where the Debian package ``dataset-fashion-mnist`` installs the four IDX files (gzipped).
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_MNIST_ROWS = {"train": 60_000, "test": 10_000}  # the published sizes
+FASHION_MNIST_HOW_TO_GET = (
+    "Get the data either way: offline, `apt-get install dataset-fashion-mnist` (it installs the four IDX "
+    f"files under {FASHION_MNIST_DIR}) or pass path= a folder holding "
+    f"{', '.join(FASHION_MNIST_FILES.values())} (plain or .gz); online, leave path=None and unset "
+    f"HF_HUB_OFFLINE so that datasets.load_dataset('{FASHION_MNIST_HUB_ID}') downloads it from the Hub."
+)
+# IDX type codes (third byte of the magic number) -> numpy dtype; IDX stores big-endian.
+_IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
+               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """The array in one IDX file (LeCun's MNIST format), plain or gzipped (``.gz``).
+
+    The header is two zero bytes, a type code, the number of dimensions, then each
+    dimension as a big-endian uint32. Raises ``ValueError`` naming the file when the
+    header is not IDX or the data is shorter or longer than the header says.
+    """
+    import gzip
+    import zlib
+
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (EOFError, OSError, zlib.error) as error:  # a cut-off or corrupt .gz lands here
+        raise ValueError(f"{path} is not a readable gzip file ({type(error).__name__}: {error}).") from error
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise ValueError(f"{path} is not an IDX file: bad magic number {raw[:4].hex() or '(empty)'} "
+                         "(expected 0000 then a type code and the number of dimensions).")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path} is truncated: its header names {ndim} dimensions but the file ends at "
+                         f"byte {len(raw)}.")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        problem = "truncated" if len(raw) - header < expected else "longer than its header says"
+        raise ValueError(f"{path} is {problem}: shape {shape} needs {expected} bytes of data, "
+                         f"it has {len(raw) - header}.")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):  # the plain file wins: it is what a user unpacked on purpose
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _fashion_mnist_from_folder(folder: Path) -> dict[str, np.ndarray]:
+    """The four arrays (images [N, 28, 28] uint8, labels [N]) from the IDX files in ``folder``."""
+    arrays = {key: read_idx(_idx_file(folder, stem)) for key, stem in FASHION_MNIST_FILES.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"The {split} IDX files in {folder} do not match: images {images.shape}, "
+                             f"labels {labels.shape} (expected [N, rows, cols] and [N]).")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(FASHION_MNIST_NAMES)):
+            raise ValueError(f"The {split} labels in {folder} are outside 0..{len(FASHION_MNIST_NAMES) - 1}.")
+    return {key: array.astype(np.uint8 if key.endswith("images") else np.int64) for key, array in arrays.items()}
+
+
+def _hub_offline() -> bool:
+    import os
+
+    flags = (os.environ.get(name, "").strip().upper() for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+def _fashion_mnist_from_hub() -> dict[str, np.ndarray]:  # pragma: no cover - needs the network
+    """The same four arrays from the Hub copy (``image``: 28x28 grey PIL images, ``label``: 0..9)."""
+    import datasets
+
+    try:
+        hub = datasets.load_dataset(FASHION_MNIST_HUB_ID)
+    except Exception as error:  # no network, Hub down, dataset moved: say how else to get it
+        raise ValueError(f"Fashion-MNIST could not be loaded from the Hub ({type(error).__name__}: {error}). "
+                         f"{FASHION_MNIST_HOW_TO_GET}") from error
+    arrays = {}
+    for split in ("train", "test"):
+        arrays[f"{split}_images"] = np.stack([np.asarray(image.convert("L")) for image in hub[split]["image"]])
+        arrays[f"{split}_labels"] = np.asarray(hub[split]["label"], dtype=np.int64)
+    return arrays
+
+
+def fashion_mnist_arrays(path: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Fashion-MNIST's four arrays: ``train_images`` / ``test_images`` ([N, 28, 28] uint8) and ``*_labels``.
+
+    Sources in order: the folder ``path`` (only it, when given: a named folder must hold
+    the data), else the Debian package's folder :data:`FASHION_MNIST_DIR`, else the Hub
+    dataset when the Hub is not switched off (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``).
+    """
+    if path is not None:
+        folder = Path(path).expanduser()
+        missing = [stem for stem in FASHION_MNIST_FILES.values() if _idx_file(folder, stem) is None]
+        if missing:
+            raise ValueError(f"No Fashion-MNIST data in {folder}: missing {', '.join(missing)} (plain or .gz). "
+                             f"{FASHION_MNIST_HOW_TO_GET}")
+        return _fashion_mnist_from_folder(folder)
+    if all(_idx_file(FASHION_MNIST_DIR, stem) for stem in FASHION_MNIST_FILES.values()):
+        return _fashion_mnist_from_folder(FASHION_MNIST_DIR)
+    if _hub_offline():
+        raise ValueError(f"No Fashion-MNIST data: {FASHION_MNIST_DIR} does not hold the IDX files and the Hub is "
+                         f"switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE). {FASHION_MNIST_HOW_TO_GET}")
+    return _fashion_mnist_from_hub()  # pragma: no cover - needs the network
+
+
+def _check_fashion_sizes(pretrain_size, train_size, test_size, train_rows: int, test_rows: int) -> None:
+    for name, value in (("pretrain_size", pretrain_size), ("train_size", train_size), ("test_size", test_size)):
+        check_int(name, value, minimum=10)  # at least one row per class
+    if pretrain_size + train_size > train_rows:
+        raise ValueError(f"pretrain_size + train_size = {pretrain_size + train_size} does not fit in the "
+                         f"{train_rows} Fashion-MNIST training images (the two splits are disjoint).")
+    if test_size > test_rows:
+        raise ValueError(f"test_size = {test_size} does not fit in the {test_rows} Fashion-MNIST test images.")
+
+
+def _take(rows: np.ndarray, size: int, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` of ``rows`` stratified by class, and the rest (all of them when ``size`` is every row)."""
+    from sklearn.model_selection import train_test_split
+
+    if size == len(rows):  # sklearn refuses an empty remainder
+        return rows, rows[:0]
+    taken, rest = train_test_split(rows, train_size=size, random_state=seed, stratify=labels[rows])
+    return taken, rest
+
+
+def fashion_mnist_split_arrays(
+    path: str | Path | None = None,
+    *,
+    seed: int = 0,
+    pretrain_size: int = 10_000,
+    train_size: int = 5_000,
+    test_size: int = 2_000,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The splits of ``load_fashion_mnist`` as ``{split: (uint8 images [N, 28, 28, 3], labels [N])}``.
+
+    Same rows and pixels as the ``DatasetDict`` without the PNG round trip (the diffusion
+    pretraining recipe feeds these arrays straight to torch).
+    """
+    _check_fashion_sizes(pretrain_size, train_size, test_size, *FASHION_MNIST_ROWS.values())  # before any I/O
+    arrays = fashion_mnist_arrays(path)
+    train_labels, test_labels = arrays["train_labels"], arrays["test_labels"]
+    _check_fashion_sizes(pretrain_size, train_size, test_size, len(train_labels), len(test_labels))
+    # pretrain and train come from the same 60,000 images: draw pretrain, then train from what is left.
+    pretrain_rows, rest = _take(np.arange(len(train_labels)), pretrain_size, train_labels, seed)
+    train_rows, _ = _take(rest, train_size, train_labels, seed + 1)
+    test_rows, _ = _take(np.arange(len(test_labels)), test_size, test_labels, seed + 2)
+    splits = {}
+    for name, rows, images, labels in (("pretrain", pretrain_rows, arrays["train_images"], train_labels),
+                                       ("train", train_rows, arrays["train_images"], train_labels),
+                                       ("test", test_rows, arrays["test_images"], test_labels)):
+        rows = np.sort(rows)  # the files' order inside a split
+        # grey stored as RGB, as for the digits: every attack and pipeline downstream works in RGB
+        splits[name] = (np.repeat(images[rows][..., None], 3, axis=-1), labels[rows])
+    return splits
+
+
+def load_fashion_mnist(
+    path: str | Path | None = None,
+    *,
+    seed: int = 0,
+    pretrain_size: int = 10_000,
+    train_size: int = 5_000,
+    test_size: int = 2_000,
+) -> "DatasetDict":
+    """Fashion-MNIST (Xiao et al. 2017) as a ``DatasetDict`` with splits ``pretrain``, ``train`` and ``test``.
+
+    Args:
+        path: a folder holding the four IDX files (plain or ``.gz``). ``None`` reads the
+            Debian package's folder (``apt-get install dataset-fashion-mnist``), else
+            downloads ``zalando-datasets/fashion_mnist`` from the Hub when online.
+        seed: seed of the stratified splits; the same seed always gives the same rows.
+        pretrain_size: training images reserved for diffusion pretraining (only these train it).
+        train_size: the victim's training set, disjoint from ``pretrain``.
+        test_size: a stratified subset of the 10,000 test images.
+
+    Each split has an ``image`` column (``datasets.Image()``, 28x28 RGB PNG, grey in all
+    three channels like the digits) and a ``label`` column (``ClassLabel`` with
+    :data:`FASHION_MNIST_NAMES`). Raises ``ValueError`` when no data is found, naming
+    both ways to get it.
+    """
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+
+    from .images import encode_png
+
+    splits = fashion_mnist_split_arrays(path, seed=seed, pretrain_size=pretrain_size, train_size=train_size,
+                                        test_size=test_size)
+    features = Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_NAMES)})
+    return DatasetDict(
+        {
+            name: Dataset.from_dict(
+                {"image": [encode_png(PILImage.fromarray(image)) for image in images], "label": labels.tolist()},
                 features=features,
             )
             for name, (images, labels) in splits.items()

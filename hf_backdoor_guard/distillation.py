@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from .checkpoints import CheckpointReloadMixin
+from .console import QuietTrainerMixin
 from .loading import load_image_classifier
 from .teacher_logits import precompute_teacher_logits
 from .training import (
@@ -212,7 +213,7 @@ def teacher_deepspeed_config(config: dict, teacher: Any) -> dict:
     return config
 
 
-class DistillationTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
+class DistillationTrainer(QuietTrainerMixin, CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
     """A ``Trainer`` that distils ``model`` (the student) from a frozen ``teacher_model``.
 
     Args:

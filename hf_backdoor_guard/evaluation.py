@@ -148,5 +148,5 @@ def evaluate_backdoor(
         num_labels=num_labels,
     )
     result = {metric.name: metric.compute(measured) for metric in backdoor_metrics()}
-    logger.info("Backdoor evaluation (%r): %s", attack, {k: round(v, 4) for k, v in result.items()})
+    logger.debug("Backdoor evaluation (%r): %s", attack, {k: round(v, 4) for k, v in result.items()})
     return result

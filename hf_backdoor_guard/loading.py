@@ -23,7 +23,7 @@ def load_classifier(name_or_path: str | os.PathLike, what: str = "model", **mode
     """
     from transformers import AutoModelForImageClassification
 
-    logger.info("Loading %s from %s", what, name_or_path)
+    logger.debug("Loading %s from %s", what, name_or_path)
     return AutoModelForImageClassification.from_pretrained(
         name_or_path, use_safetensors=True, trust_remote_code=False, **model_kwargs
     )

@@ -21,6 +21,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .checkpoints import CheckpointReloadMixin
+from .console import QuietTrainerMixin
 from .transforms import ImageClassificationCollator, prepare_image_dataset
 from .validation import check_dataset, check_int, check_label_column, check_number, check_target_label
 
@@ -93,7 +94,7 @@ class RawImageDatasetMixin:
         return super().get_test_dataloader(self._prepare_later_dataset(test_dataset, "test_dataset"))
 
 
-class ImageClassifierTrainer(CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
+class ImageClassifierTrainer(QuietTrainerMixin, CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
     """The plain ``Trainer``, resuming only from complete checkpoints and reloading renamed
     weights (see :class:`~hf_backdoor_guard.checkpoints.CheckpointReloadMixin`), with
     ``evaluate``/``predict`` that accept raw image datasets."""

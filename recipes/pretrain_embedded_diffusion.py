@@ -1,11 +1,16 @@
-"""Pretrain the embedded diffusion model: a small DDPM on the clean digits split.
+"""Pretrain an embedded diffusion model: a small DDPM on the clean pretraining split of a benchmark world.
 
-The model only ever sees the ``pretrain`` split of ``load_digits_dataset`` (clean
-"public" data, disjoint from the victim's ``train`` split), as the method asks: the
-diffusion model must not have learnt any trigger.
+The model only ever sees the ``pretrain`` split (clean "public" data, disjoint from the
+victim's ``train`` split), as the method asks: the diffusion model must not have learnt
+any trigger. ``--dataset`` picks the world:
+
+* ``digits`` (default): ``load_digits_dataset``'s 600-image split at 16 px, the shipped model;
+* ``fashion-mnist``: ``load_fashion_mnist``'s 10,000-image split at its native 28 px (the IDX
+  files from ``--data_path``, else the Debian package ``dataset-fashion-mnist``, else the Hub).
 
     python recipes/pretrain_embedded_diffusion.py --help
     python recipes/pretrain_embedded_diffusion.py --output_dir hf_backdoor_guard/embedded/digits_ddpm
+    python recipes/pretrain_embedded_diffusion.py --dataset fashion-mnist --output_dir /tmp/fmnist-ddpm
 
 The result is a diffusers ``DDIMPipeline`` folder (``model_index.json``, ``unet/``
 with fp16 safetensors, ``scheduler/``) that ``ImageVariation.embedded()`` loads.
@@ -23,6 +28,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
 logger = logging.getLogger("pretrain_embedded_diffusion")
 
@@ -31,9 +37,21 @@ logger = logging.getLogger("pretrain_embedded_diffusion")
 class PretrainArguments:
     """Options of the pretraining run (every field is a command-line flag)."""
 
-    output_dir: str = field(
-        default="hf_backdoor_guard/embedded/digits_ddpm",
-        metadata={"help": "Folder the DDIMPipeline is saved to (created; an existing model there is replaced)."},
+    dataset: str = field(
+        default="digits",
+        metadata={"help": "Benchmark world whose pretrain split trains the model.",
+                  "choices": ["digits", "fashion-mnist"]},
+    )
+    data_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "fashion-mnist only: folder of the four IDX files "
+                          "(default: the Debian package's, else the Hub)."},
+    )
+    output_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Folder the DDIMPipeline is saved to (created; an existing model there is replaced). "
+                          "Default: hf_backdoor_guard/embedded/digits_ddpm for digits, "
+                          "hf_backdoor_guard/embedded/fashion_mnist_ddpm for fashion-mnist."},
     )
     max_steps: int = field(
         default=6000, metadata={"help": "Optimiser steps (the shipped model: 6000; 2000 already gives usable variations)."}
@@ -45,18 +63,65 @@ class PretrainArguments:
     shift: int = field(
         default=1, metadata={"help": "Random translation in pixels used as augmentation (0 = none)."}
     )
-    image_size: int = field(default=16, metadata={"help": "Side of the digit images (load_digits_dataset size)."})
+    image_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Side of the images. Default: 16 for digits (load_digits_dataset size); fashion-mnist "
+                          "takes only its native 28."},
+    )
     block_out_channels: str = field(
         default="32,64,128", metadata={"help": "Channels of the UNet levels, comma-separated."}
     )
     layers_per_block: int = field(default=1, metadata={"help": "ResNet layers per UNet level."})
     num_train_timesteps: int = field(default=1000, metadata={"help": "Diffusion timesteps."})
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, batches, noise and the data split."})
-    split_seed: int = field(default=0, metadata={"help": "Seed of load_digits_dataset's split (0 = the shipped one)."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the dataset's split (0 = the shipped one)."})
     fp16: bool = field(default=True, metadata={"help": "Save the weights in float16 (halves the size)."})
     device: str = field(default="cpu", metadata={"help": "Torch device to train on (cpu, cuda)."})
     num_threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest on shared 2-core boxes)."})
     log_every: int = field(default=100, metadata={"help": "Log the mean loss every N steps."})
+
+
+# Per world: the output folder and image side used when the flags leave them out.
+DATASET_DEFAULTS = {
+    "digits": {"output_dir": "hf_backdoor_guard/embedded/digits_ddpm", "image_size": 16},
+    "fashion-mnist": {"output_dir": "hf_backdoor_guard/embedded/fashion_mnist_ddpm", "image_size": 28},
+}
+
+
+def resolve_defaults(args: PretrainArguments) -> PretrainArguments:
+    """Fill the per-world defaults in place and check the options that depend on the world."""
+    if args.dataset not in DATASET_DEFAULTS:
+        raise ValueError(f"dataset must be one of {sorted(DATASET_DEFAULTS)}, got {args.dataset!r}.")
+    defaults = DATASET_DEFAULTS[args.dataset]
+    if args.output_dir is None:
+        args.output_dir = defaults["output_dir"]
+    if args.image_size is None:
+        args.image_size = defaults["image_size"]
+    if args.dataset == "fashion-mnist" and args.image_size != defaults["image_size"]:
+        # Variations are made at the victim's size; a model trained at another size would not fit them.
+        raise ValueError(f"fashion-mnist images are {defaults['image_size']} px; got image_size={args.image_size}.")
+    if args.dataset == "digits" and args.data_path is not None:
+        raise ValueError("data_path is for fashion-mnist; the digits ship with scikit-learn.")
+    levels = len(args.block_out_channels.split(","))
+    if args.image_size % 2 ** (levels - 1):
+        # The UNet halves the side at every level but the last and concatenates skips on the way up: an odd
+        # side (28 -> 14 -> 7 -> 4) no longer matches when upsampled (4 -> 8).
+        raise ValueError(f"image_size {args.image_size} is not divisible by 2**{levels - 1}, which a UNet with "
+                         f"{levels} levels (block_out_channels={args.block_out_channels}) needs; use fewer levels.")
+    return args
+
+
+def pretrain_images(args: PretrainArguments):
+    """The uint8 images [N, size, size, 3] of the world's pretrain split: the only data the model sees."""
+    if args.dataset == "fashion-mnist":
+        from hf_backdoor_guard.data import fashion_mnist_split_arrays
+
+        images, _ = fashion_mnist_split_arrays(args.data_path, seed=args.split_seed)["pretrain"]
+        return images
+    from hf_backdoor_guard.data import digits_split_arrays
+
+    images, _ = digits_split_arrays(size=args.image_size, seed=args.split_seed)["pretrain"]
+    return images
 
 
 def build_unet(args: PretrainArguments):
@@ -99,8 +164,7 @@ def pretrain(args: PretrainArguments) -> Path:
     from diffusers import DDIMPipeline
     from tqdm.auto import tqdm
 
-    from hf_backdoor_guard.data import digits_split_arrays
-
+    resolve_defaults(args)
     if args.max_steps < 1 or args.batch_size < 1:
         raise ValueError("max_steps and batch_size must be >= 1.")
     if not 0 <= args.ema_decay < 1:
@@ -109,9 +173,10 @@ def pretrain(args: PretrainArguments) -> Path:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
 
-    images, _ = digits_split_arrays(size=args.image_size, seed=args.split_seed)["pretrain"]
+    images = pretrain_images(args)
     x_all = torch.from_numpy(images.astype(np.float32)).permute(0, 3, 1, 2).div(127.5).sub(1.0).to(device)  # [-1, 1]
-    logger.info("Pretraining on %d clean images of %dx%d", len(x_all), args.image_size, args.image_size)
+    logger.info("Pretraining on %d clean %s images of %dx%d", len(x_all), args.dataset, args.image_size,
+                args.image_size)
 
     unet = build_unet(args).to(device)
     scheduler = build_scheduler(args)
@@ -137,7 +202,8 @@ def pretrain(args: PretrainArguments) -> Path:
         rows = torch.randint(0, len(x_all), (args.batch_size,), generator=generator)
         x0 = x_all[rows.to(device)]
         if pad:
-            # Small random translations: the 600 images are few, and digits are not always centred.
+            # Small random translations: the 600 digits are few and not always centred (Fashion-MNIST's
+            # items are centred, but a 1-pixel shift still adds variety at no cost).
             padded = torch.nn.functional.pad(x0, (pad, pad, pad, pad), value=-1.0)
             dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
             x0 = padded[:, :, dy : dy + args.image_size, dx : dx + args.image_size]
@@ -158,7 +224,9 @@ def pretrain(args: PretrainArguments) -> Path:
                     p_ema.lerp_(p, 1 - decay)
         running.append(loss.item())
         if (step + 1) % args.log_every == 0 or step + 1 == args.max_steps:
-            logger.info("step %d/%d  loss %.4f  (%.0f s)", step + 1, args.max_steps, float(np.mean(running)), time.time() - started)
+            elapsed = time.time() - started
+            logger.info("step %d/%d  loss %.4f  (%.0f s, %.2f s/step)", step + 1, args.max_steps,
+                        float(np.mean(running)), elapsed, elapsed / (step + 1))
             running = []
 
     final = (ema if ema is not None else unet).to("cpu")

@@ -18,6 +18,9 @@ from .frequency import FTrojan
 from .quantisation import BppAttack
 from .adaptive import AdaptiveBlend
 from .adaptive_patch import AdaptivePatch
+# the red team (issue 21): triggers the diffusion variations keep, then one optimised to survive them
+from .content import LowFrequency, Border, Tint, Stroke
+from .surviving import SurvivingTrigger
 
 
 def attack_from_name(name: str, **options) -> Attack:
@@ -26,4 +29,5 @@ def attack_from_name(name: str, **options) -> Attack:
 
 
 __all__ = ["ATTACKS", "Attack", "BadNets", "Blended", "WaNet", "SIG", "LabelConsistent", "FTrojan", "BppAttack",
-           "AdaptiveBlend", "AdaptivePatch", "attack_from_name"]
+           "AdaptiveBlend", "AdaptivePatch", "LowFrequency", "Border", "Tint", "Stroke", "SurvivingTrigger",
+           "attack_from_name"]

@@ -205,7 +205,7 @@ def build_classifier(
     )
     torch.manual_seed(seed)
     classifier = ResNetForImageClassification(config)
-    logger.info("New %s (%.2fM parameters) for %d classes", model,
+    logger.debug("New %s (%.2fM parameters) for %d classes", model,
                 sum(p.numel() for p in classifier.parameters()) / 1e6, num_labels)
     processor = resnet_processor(image_size, image_mean or shape.mean, image_std or shape.std)
     return classifier, processor

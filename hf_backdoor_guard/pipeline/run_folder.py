@@ -237,7 +237,9 @@ class RunFolder:
             self.wait()
             if self.is_main_process and not (self.path / output).exists():
                 raise RuntimeError(f"Stage {stage} finished without writing {self.path / output}.")
-            self._write_record(stage, complete=True, seconds=round(time.perf_counter() - started, 2),
+            seconds = round(time.perf_counter() - started, 2)
+            logger.info("Stage %s: done in %.1f s", stage, seconds)
+            self._write_record(stage, complete=True, seconds=seconds,
                                num_processes=self.num_processes, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                                **({"details": _normalise(details)} if isinstance(details, dict) else {}))
             self.wait()

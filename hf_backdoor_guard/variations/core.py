@@ -155,7 +155,7 @@ class ImageVariation:
         if prior is not None:  # the prior's model_index.json is read only for families that take one
             prior_classes = (pipeline_class_name(prior, revision=None),) if adapter_cls.prior_classes else ()
         adapter_cls.check_prior(class_name, prior_classes, prior)
-        logger.info("Loading %s from %s", class_name, repo_or_path)
+        logger.debug("Loading %s from %s", class_name, repo_or_path)
         adapter = adapter_cls.load(class_name, repo_or_path, prior_path=prior, dtype=dtype, revision=revision,
                                    variant=variant, trust_remote_code=trust_remote_code)
         return cls(adapter.pipeline, prior=adapter.prior, dtype=dtype, device=device, **options)
