@@ -138,7 +138,7 @@ def _hold_lock(folder: Path, ready: Path) -> subprocess.Popen:
             "with locked(sys.argv[1], 'defend run'):\n"
             "    pathlib.Path(sys.argv[2]).write_text('held'); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(folder), str(ready)])
-    deadline = time.time() + 30
+    deadline = time.time() + 180  # a loaded machine starts python slowly
     while not ready.exists():
         assert time.time() < deadline and holder.poll() is None, "the lock holder did not start"
         time.sleep(0.05)
@@ -331,3 +331,23 @@ def test_compare_overwrite_waits_for_the_lock_and_keeps_user_files(tmp_path, cap
     assert (out / "method" / "stages" / "notes.txt").read_text() == "mine too"
     teacher = json.loads((out / "method" / "stages" / "stages.json").read_text())["teacher"]
     assert teacher["settings"]["num_train_epochs"] == 2
+
+
+# --- 6. one line, not a traceback -------------------------------------------------------------
+def test_a_folder_in_use_is_one_line_and_exit_1_with_the_traceback_only_under_debug(tmp_path, data):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = _hold_lock(out, tmp_path / "ready")
+    command = [sys.executable, "-m", "hf_backdoor_guard.cli", "defend", "--dataset", "imagefolder", "--data-dir",
+               str(data), "--model", "small-resnet", "--diffusion-model", "embedded", "--output-dir", str(out),
+               "--num-train-epochs", "1"]
+    try:
+        plain = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, timeout=600)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    errors = [line for line in plain.stderr.splitlines() if line.startswith("backdoor-guard defend:")]
+    assert len(errors) == 1 and "is in use by another defend run" in errors[0]
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "RuntimeError" in debug.stderr
