@@ -209,6 +209,7 @@ def remove_outputs(path: str | os.PathLike, names: Iterable[str] | None = None) 
         elif target.exists() or target.is_symlink():
             target.unlink()
         else:
+            _prune_empty_parents(path, target)  # gone already; a folder it left empty goes too
             continue
         removed.append(name)
         _prune_empty_parents(path, target)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -57,6 +56,8 @@ class Assumptions:
         needs_clean_subset: ``run_defense`` refuses to run it without a clean subset.
         needs_backdoored_model: it starts from the undefended model trained on the poisoned
             data (``run_defense`` trains one when none is given).
+        needs_variation: it takes an image-variation diffusion model (its ``variation`` option);
+            ``compare`` gives it the method's, so both use the same diffusion model and settings.
     """
 
     clean_data: str
@@ -64,6 +65,7 @@ class Assumptions:
     inference_cost: str = "none"
     needs_clean_subset: bool = False
     needs_backdoored_model: bool = False
+    needs_variation: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -411,14 +413,6 @@ def accuracy_on(model, ds, image_processor, *, image_column: str = "image", labe
 
     logits = predict_logits(model, ds, image_processor, batch_size=128, image_column=image_column, progress=False)
     return clean_accuracy(logits.argmax(axis=1), ds[label_column])
-
-
-def top_share(scores: np.ndarray, share: float) -> np.ndarray:
-    """Boolean mask of the ``ceil(share * n)`` highest scores (ties broken by position)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    mask = np.zeros(len(scores), dtype=bool)
-    mask[np.argsort(-scores, kind="mergesort")[: math.ceil(share * len(scores))]] = True
-    return mask
 
 
 def frozen_copy(model):

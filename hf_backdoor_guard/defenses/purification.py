@@ -117,6 +117,7 @@ class TestTimePurification(Defense):
         training="none: the undefended model is used as it is",
         inference_cost="num_variations diffusion samples and classifier passes per input",
         needs_backdoored_model=True,
+        needs_variation=True,
     )
 
     variation: Any = None

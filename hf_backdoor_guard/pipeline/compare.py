@@ -163,7 +163,7 @@ def _method_config(attack: str, folder: Path, seed: int, settings, overwrite: bo
 def _check(attack: str, seed: int, defenses, settings: dict, output_dir: Path,
            overwrite: bool = False) -> tuple[list[str], list[str], Any]:
     """Every check before any work: ``(attacks, defense rows, DemoSettings)``."""
-    from ..defenses import defense_variants
+    from ..defenses import DEFENSES, defense_variants
     from ..defenses.base import resolve_defense
     from ..demo import attack_names
     from ..validation import check_seed
@@ -176,9 +176,9 @@ def _check(attack: str, seed: int, defenses, settings: dict, output_dir: Path,
     check_seed("seed", seed)
     rows = chosen_defenses(defenses)
     variants = defense_variants()
-    for row in rows:  # options checked now; purification's variation is built from the method's settings later
+    for row in rows:  # options checked now; a variation model is built from the method's settings later
         base, options = variants[row]
-        if base != "purification":
+        if not DEFENSES[base].assumes.needs_variation:
             resolve_defense(base, **options)
     demo_settings = _settings(settings)
     attacks = names if attack == "all" else [attack]
@@ -389,7 +389,7 @@ class PeerDefenses:
 
     def run(self, name: str) -> tuple[dict, bool]:
         """``(record, finished earlier)`` of row ``name`` of :func:`~hf_backdoor_guard.defenses.defense_variants`."""
-        from ..defenses import defense_variants
+        from ..defenses import DEFENSES, defense_variants
         from ..defenses.base import resolve_defense
         from ..defenses.compare import measure_defense
 
@@ -401,7 +401,7 @@ class PeerDefenses:
 
         def make():
             chosen = dict(options)
-            if base == "purification":
+            if DEFENSES[base].assumes.needs_variation:
                 chosen.setdefault("variation", self._variation())  # the method's diffusion model and settings
             defense = resolve_defense(base, **chosen)
             scratch = self.run_folder.path / "scratch" / name
@@ -414,8 +414,10 @@ class PeerDefenses:
             self.run_folder.write_json(output, record)
             shutil.rmtree(scratch, ignore_errors=True)  # the phases' Trainer folders (no checkpoints are saved)
 
+        # scratch/NAME is the row's work in progress: recorded with it, so a kill's leftovers are ours to remove
         record = self.run_folder.run_stage(name, settings, output, make,
-                                           lambda path: json.loads(path.read_text(encoding="utf-8")))
+                                           lambda path: json.loads(path.read_text(encoding="utf-8")),
+                                           partial=(f"scratch/{name}",))
         return record, cached
 
 

@@ -33,16 +33,6 @@ class Processes:
 
             dist.barrier()
 
-    def broadcast(self, value: Any) -> Any:
-        """The main process's ``value``, in every process."""
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def gather(self, value: Any) -> list:
         """Every process's ``value``, in rank order, in every process."""
         if self.world == 1:
