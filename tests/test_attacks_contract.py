@@ -20,6 +20,11 @@ SMALL = {
     "bpp": {"squeeze_num": 4},
     "adaptive_blend": {"pieces": 4},
     "adaptive_patch": {},
+    "lowfreq": {},
+    "border": {"width": 1},
+    "tint": {},
+    "stroke": {},
+    "surviving": {"iterations": 1, "batch_size": 2},
 }
 MODES = ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1", "RGB"]
 
