@@ -8,9 +8,14 @@ import sys
 
 
 def add_embedded_run_options(parser: argparse.ArgumentParser, command: str, default_dir: str, dir_help: str) -> None:
-    """--attack, --seed, --output-dir and --overwrite: what demo and compare share (both run the embedded benchmark)."""
+    """--benchmark, --attack, --seed, --output-dir and --overwrite: what demo and compare share (both run a
+    benchmark world)."""
     from .attacks import ATTACKS  # numpy + PIL only: the registry is cheap to read
+    from .benchmark import WORLDS
 
+    parser.add_argument("--benchmark", default="digits", choices=WORLDS.names(),
+                        help="The benchmark world: its data, its own diffusion model (pretrained on a split the victim "
+                        "never sees) and its attack settings; the method's settings are the same in every world.")
     parser.add_argument("--attack", default="badnets", choices=[*ATTACKS.names(), "all"],
                         help="A registered attack, or 'all' to run every one.")
     parser.add_argument("--seed", type=int, default=0)

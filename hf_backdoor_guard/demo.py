@@ -38,7 +38,6 @@ MODEL_NAMES = ("teacher", "student", "student_cleaned", "variations_ce")
 REPORT_FILES = ("metrics.json", "report.md", "samples.png", "metrics.png", "suspicion.png", "gallery.png")
 SUMMARY_FILES = ("summary.json", "report.md", "metrics.png")
 TARGET_LABEL = 0
-EMBEDDED_DATA_NAME = "scikit-learn digits 16x16 (split seed 0)"
 
 
 @dataclass
@@ -67,6 +66,9 @@ class DemoSettings:
     variation_options: dict = field(default_factory=dict)  # overrides EMBEDDED_VARIATION_DEFAULTS
     variation_batch_size: int = 64
     width: int = 32  # classifier width (ResNet hidden sizes width, 2*width)
+    # the benchmark world (hf_backdoor_guard.benchmark.WORLDS): its data, diffusion model and attack settings;
+    # every setting above is the same in every world
+    benchmark: str = "digits"
 
 
 def attack_names() -> tuple[str, ...]:
@@ -86,7 +88,8 @@ def build_classifier(num_labels: int = 10, seed: int = 0, width: int = 32, image
 def demo_config(attack: str, output_dir: Path, seed: int, settings: DemoSettings, push_to_hub: str | None = None,
                 overwrite: bool = False):
     """The ``DefendConfig`` of one demo run (every option checked here, before any work); ``compare`` uses it too."""
-    from .pipeline.config import EMBEDDED, DefendConfig
+    from .benchmark import world
+    from .pipeline.config import DefendConfig
 
     return DefendConfig(
         model="small-resnet", width=settings.width, max_train_rows=settings.train_rows,
@@ -94,7 +97,7 @@ def demo_config(attack: str, output_dir: Path, seed: int, settings: DemoSettings
         student_epochs=settings.student_epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         student_learning_rate=settings.student_learning_rate,
         alpha=settings.alpha, temperature=settings.temperature, teacher_logits=settings.teacher_logits,
-        diffusion_model=EMBEDDED, variation_options=dict(settings.variation_options),
+        diffusion_model=world(settings.benchmark).diffusion_model, variation_options=dict(settings.variation_options),
         variation_batch_size=settings.variation_batch_size, attack=attack, target_label=TARGET_LABEL,
         baselines=True, seed=seed, device="cpu", output_dir=str(output_dir), push_to_hub=push_to_hub,
         overwrite=overwrite,
@@ -102,23 +105,22 @@ def demo_config(attack: str, output_dir: Path, seed: int, settings: DemoSettings
 
 
 def embedded_inputs(config, attack_name: str, seed: int) -> tuple[dict, Any]:
-    """``run_defend``'s data and attack on the embedded benchmark, and the clean pretraining split.
+    """``run_defend``'s data and attack in the benchmark world of ``config``, and the clean pretraining split.
 
     Returns ``(inputs, pretrain)``: ``inputs`` holds ``train``, ``eval_ds``, ``attack`` (the attack's
-    embedded setting at ``seed``), ``poison_kwargs`` and ``data_settings``; ``config.poison_rate``
+    setting in that world at ``seed``), ``poison_kwargs`` and ``data_settings``; ``config.poison_rate``
     is set to the attack's. ``compare`` draws the peer defenses' clean subset from ``pretrain``.
     """
-    from .data import load_digits_dataset
+    from .benchmark.worlds import world_of
     from .embedded.attacks import embedded_attack
 
-    # The split seed stays 0: the embedded diffusion model was pretrained on that split's
-    # "pretrain" rows, and only those; the run's seed varies everything else.
-    data = load_digits_dataset(seed=0)
-    attack, poison_kwargs = embedded_attack(attack_name, seed=seed, clean_data=data["pretrain"])
+    chosen = world_of(config)  # the world whose diffusion model was pretrained on this data's pretrain split
+    data = chosen.load()
+    attack, poison_kwargs = embedded_attack(attack_name, seed=seed, clean_data=data["pretrain"], table=chosen.attacks)
     config.poison_rate = poison_kwargs.get("rate", config.poison_rate)
-    logger.info("[%s] digits, %r, %s", attack_name, attack, poison_kwargs)
+    logger.info("[%s] %s, %r, %s", attack_name, chosen.name, attack, poison_kwargs)
     inputs = dict(train=data["train"], eval_ds=data["test"], attack=attack, poison_kwargs=poison_kwargs,
-                  data_settings={"dataset": EMBEDDED_DATA_NAME})
+                  data_settings={"dataset": chosen.description})
     return inputs, data["pretrain"]
 
 
@@ -162,7 +164,11 @@ def _check_args(attack: str, seed: int, settings: DemoSettings, output_dir: Path
         raise ValueError("push_to_hub publishes one student: choose one attack, not 'all'.")
     chosen = list(names) if attack == "all" else [attack]
     for name in chosen:  # DefendConfig checks every option
-        demo_config(name, output_dir / name if attack == "all" else output_dir, seed, settings, push_to_hub, overwrite)
+        config = demo_config(name, output_dir / name if attack == "all" else output_dir, seed, settings, push_to_hub,
+                             overwrite)
+    from .pipeline.config import check_diffusion_model
+
+    check_diffusion_model(config)  # the world's shipped model is here, before its data loads
     from .pipeline.defend import OUTPUT_NAMES, check_output_names
 
     if attack == "all":
@@ -263,7 +269,8 @@ def run_demo_cli(args) -> int:
     """Entry point of ``backdoor-guard demo`` (``args.attack``, ``args.output_dir``, ``args.seed``)."""
     # Errors reach cli.main, which prints one line (exit 2 for bad input, 1 for a failed upload: its files are kept).
     result = run_demo(attack=args.attack, output_dir=args.output_dir, seed=args.seed,
-                      push_to_hub=getattr(args, "push_to_hub", None), overwrite=getattr(args, "overwrite", False))
+                      push_to_hub=getattr(args, "push_to_hub", None), overwrite=getattr(args, "overwrite", False),
+                      benchmark=getattr(args, "benchmark", "digits"))
     per_attack = result["attacks"] if args.attack == "all" else {args.attack: result}
     for name, metrics in per_attack.items():
         print(f"\n{name} (seed {metrics['seed']}, {metrics['seconds']:.0f} s)")

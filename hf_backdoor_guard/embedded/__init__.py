@@ -18,6 +18,28 @@ from pathlib import Path
 
 EMBEDDED_DIFFUSION_DIR = Path(__file__).resolve().parent / "digits_ddpm"
 
+#: The diffusion models shipped in the package, by the world they were pretrained on (its clean pretraining
+#: split only); ``ImageVariation.embedded(model=...)`` loads one, ``--diffusion-model`` names it as in
+#: :data:`EMBEDDED_MODEL_OPTIONS`. Each is trained by ``recipes/pretrain_embedded_diffusion.py --dataset NAME``.
+EMBEDDED_MODELS: dict[str, Path] = {
+    "digits": EMBEDDED_DIFFUSION_DIR,
+    "fashion-mnist": Path(__file__).resolve().parent / "fashion_mnist_ddpm",
+}
+#: ``--diffusion-model`` value -> shipped model: "embedded" stays the digits model, as it always was.
+EMBEDDED_MODEL_OPTIONS: dict[str, str] = {"embedded": "digits", "embedded-fashion-mnist": "fashion-mnist"}
+
+
+def embedded_model_dir(model: str = "digits") -> Path:
+    """The folder of shipped model ``model``; a clear error when this copy of the package lacks it."""
+    if model not in EMBEDDED_MODELS:
+        raise ValueError(f"model={model!r} is not a shipped diffusion model; choose one of {sorted(EMBEDDED_MODELS)}.")
+    folder = EMBEDDED_MODELS[model]
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"The shipped diffusion model '{model}' is not in this copy of the package ({folder}); "
+                         f"train it with recipes/pretrain_embedded_diffusion.py --dataset {model} "
+                         f"--output_dir {folder}.")
+    return folder
+
 EMBEDDED_VARIATION_DEFAULTS: dict = {
     # SDEdit noise level: below 0.5 part of a 3x3 patch survives and the student relearns it;
     # 0.7 removes more of a Blended trigger but costs clean accuracy (WaNet 0.961, SIG 0.979).
@@ -44,4 +66,5 @@ EMBEDDED_SPEED_PRESETS: dict[str, dict] = {
     "fast": {"num_inference_steps": 7},
 }
 
-__all__ = ["EMBEDDED_DIFFUSION_DIR", "EMBEDDED_VARIATION_DEFAULTS", "EMBEDDED_SPEED_PRESETS"]
+__all__ = ["EMBEDDED_DIFFUSION_DIR", "EMBEDDED_MODELS", "EMBEDDED_MODEL_OPTIONS", "EMBEDDED_SPEED_PRESETS",
+           "EMBEDDED_VARIATION_DEFAULTS", "embedded_model_dir"]

@@ -178,17 +178,18 @@ def _train_adversarially(model, processor, clean_data, seed: int, epochs: float,
             step += 1
 
 
-def embedded_attack(name: str, *, seed: int = 0, clean_data=None):
+def embedded_attack(name: str, *, seed: int = 0, clean_data=None, table: dict | None = None):
     """``(attack, poison_kwargs)`` for attack ``name`` on the embedded benchmark.
 
     ``poison_kwargs`` go to :func:`~hf_backdoor_guard.poison_dataset` beside the data,
     the target label and the seed. ``clean_data`` is the clean pretraining split, for
     attacks that need a surrogate model (it never sees the victim's rows); ``seed``
-    seeds anything the setting trains.
+    seeds anything the setting trains. ``table`` is a benchmark world's settings
+    (default: :data:`EMBEDDED_ATTACKS`, the digits').
     """
     from ..attacks import attack_from_name
 
-    setting = EMBEDDED_ATTACKS.get(name, BenchmarkAttack())
+    setting = (EMBEDDED_ATTACKS if table is None else table).get(name, BenchmarkAttack())
     options = dict(setting.options)
     if setting.surrogate_epochs is not None:
         if clean_data is None:

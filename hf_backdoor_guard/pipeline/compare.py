@@ -167,7 +167,7 @@ def _check(attack: str, seed: int, defenses, settings: dict, output_dir: Path,
     from ..defenses.base import resolve_defense
     from ..demo import attack_names
     from ..validation import check_seed
-    from .config import stage_settings
+    from .config import check_diffusion_model, stage_settings
     from .defend import OUTPUT_NAMES, STAGES_DIR, check_output_names
 
     names = list(attack_names())
@@ -198,6 +198,7 @@ def _check(attack: str, seed: int, defenses, settings: dict, output_dir: Path,
         variants = defense_variants()
         _check_cached(folder / DEFENSES_DIR, {row: {"defense": variants[row][0], "options": variants[row][1]}
                                               for row in rows})
+    check_diffusion_model(config)  # the world's shipped model is here, before its data loads
     return attacks, rows, demo_settings
 
 
@@ -433,7 +434,7 @@ def compare_cli(args) -> int:
     # Errors reach cli.main, which prints one line: exit 2 for bad input, 1 for a folder in use.
     board = run_compare(attack=args.attack, seed=args.seed, output_dir=args.output_dir,
                         defenses=getattr(args, "defenses", None), overwrite=getattr(args, "overwrite", False),
-                        report=lambda line: print(line, flush=True))
+                        report=lambda line: print(line, flush=True), benchmark=getattr(args, "benchmark", "digits"))
     singles = board["attacks"].values() if "attacks" in board else [board]
     for single in singles:
         print(f"\n{single['attack']} (seed {single['seed']})")

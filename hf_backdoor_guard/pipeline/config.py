@@ -77,7 +77,8 @@ class DefendConfig:
     seed: int = _help("Seeds subsets, poisoning, initial weights, data order and variation noise.", default=0)
     device: str | None = _help("'cuda' or 'cpu' (default: cuda when available).", default=None)
     # variations
-    diffusion_model: str = _help("Diffusers image-variation pipeline (Hub id or folder), or 'embedded'.",
+    diffusion_model: str = _help("Diffusers image-variation pipeline (Hub id or folder), or a model shipped with "
+                                 "the package: 'embedded' (digits) or 'embedded-fashion-mnist'.",
                                  default=DEFAULT_DIFFUSION_MODEL)
     diffusion_prior: str | None = _help("Two-stage families (Kandinsky, Flux Redux): the prior pipeline.",
                                         default=None)
@@ -196,7 +197,17 @@ class DefendConfig:
 
     @property
     def embedded(self) -> bool:
-        return self.diffusion_model == EMBEDDED
+        """Whether the diffusion model is one shipped with the package (see :attr:`embedded_model`)."""
+        from ..embedded import EMBEDDED_MODEL_OPTIONS
+
+        return self.diffusion_model in EMBEDDED_MODEL_OPTIONS
+
+    @property
+    def embedded_model(self) -> str | None:
+        """The shipped model ``--diffusion-model`` names (``"digits"``, ``"fashion-mnist"``), or None."""
+        from ..embedded import EMBEDDED_MODEL_OPTIONS
+
+        return EMBEDDED_MODEL_OPTIONS.get(self.diffusion_model)
 
     def resolved_device(self) -> str:
         import torch
@@ -346,6 +357,9 @@ def check_diffusion_model(config: DefendConfig) -> None:
     if config.embedded:
         if config.diffusion_prior is not None:
             raise ValueError("The embedded diffusion model takes no diffusion_prior.")
+        from ..embedded import embedded_model_dir
+
+        embedded_model_dir(config.embedded_model)  # shipped in this copy of the package
         return
     import torch
 

@@ -252,7 +252,8 @@ def variation_factory(config: DefendConfig, device: str):
 
         options = {**config.variation_options, "seed": config.seed}
         if config.embedded:
-            return ImageVariation.embedded(**options, **({"device": device} if device != "cpu" else {}))
+            return ImageVariation.embedded(model=config.embedded_model, **options,
+                                           **({"device": device} if device != "cpu" else {}))
         dtype = options.pop("dtype", torch.float16 if device.startswith("cuda") else None)
         return ImageVariation.from_pretrained(config.diffusion_model, prior=config.diffusion_prior, dtype=dtype,
                                               device=device, **options)

@@ -161,15 +161,16 @@ class ImageVariation:
         return cls(adapter.pipeline, prior=adapter.prior, dtype=dtype, device=device, **options)
 
     @classmethod
-    def embedded(cls, speed: str | None = None, **options) -> ImageVariation:
+    def embedded(cls, speed: str | None = None, *, model: str = "digits", **options) -> ImageVariation:
         """The offline default shipped with the package (a small unconditional DDIM model).
 
-        Its recommended options (``EMBEDDED_VARIATION_DEFAULTS``) apply unless overridden;
-        ``speed`` picks one of ``EMBEDDED_SPEED_PRESETS`` on top of them (explicit options
-        still win). Weights are stored in fp16; they run in float32 unless ``dtype`` says otherwise.
+        ``model`` picks one of the shipped models (``EMBEDDED_MODELS``: ``"digits"``, the
+        default, or ``"fashion-mnist"``); every one takes the same recommended options
+        (``EMBEDDED_VARIATION_DEFAULTS``) unless overridden; ``speed`` picks one of
+        ``EMBEDDED_SPEED_PRESETS`` on top of them (explicit options still win). Weights are
+        stored in fp16; they run in float32 unless ``dtype`` says otherwise.
         """
-        from hf_backdoor_guard.embedded import (EMBEDDED_DIFFUSION_DIR, EMBEDDED_SPEED_PRESETS,
-                                                EMBEDDED_VARIATION_DEFAULTS)
+        from hf_backdoor_guard.embedded import EMBEDDED_SPEED_PRESETS, EMBEDDED_VARIATION_DEFAULTS, embedded_model_dir
 
         if speed is not None and speed not in EMBEDDED_SPEED_PRESETS:
             raise ValueError(f"speed={speed!r} is not a preset of the embedded model; choose one of "
@@ -180,7 +181,7 @@ class ImageVariation:
             if "eta" not in options:
                 merged.setdefault("eta", 1.0 if stochastic else 0.0)
         merged.setdefault("dtype", torch.float32)
-        return cls.from_pretrained(EMBEDDED_DIFFUSION_DIR, trust_remote_code=False, **merged)
+        return cls.from_pretrained(embedded_model_dir(model), trust_remote_code=False, **merged)
 
     # --- validation --------------------------------------------------------------------
     def _validate(self) -> None:
