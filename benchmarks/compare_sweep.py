@@ -214,7 +214,7 @@ def write_record(path: Path, boards: dict[str, dict[int, dict]]) -> None:
 
 
 def main() -> int:
-    from hf_backdoor_guard.demo import attack_names
+    from hf_backdoor_guard.benchmark.demo import attack_names
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", required=True, help="ROOT: one compare folder per run, ROOT/ATTACK/seed-S")

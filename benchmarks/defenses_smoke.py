@@ -51,7 +51,7 @@ def main() -> None:
     import hf_backdoor_guard as hbg
     from hf_backdoor_guard.defenses import draw_clean_subset, leaderboard_entry, run_defenses, write_leaderboard
     from hf_backdoor_guard.defenses.compare import EMBEDDED_BENCHMARK_OPTIONS
-    from hf_backdoor_guard.demo import DemoSettings, build_classifier
+    from hf_backdoor_guard.benchmark.demo import DemoSettings, build_classifier
 
     seed = args.seed
     settings = DemoSettings()

@@ -135,7 +135,7 @@ def quiet_worker() -> None:
 
 def run_job(job: tuple[str, str, int]) -> dict:
     quiet_worker()
-    from hf_backdoor_guard.demo import run_demo
+    from hf_backdoor_guard.benchmark.demo import run_demo
 
     config, attack, seed = job
     overrides = json.loads(json.dumps(CONFIGS[config]))

@@ -1,6 +1,6 @@
 """Does the fast path keep the embedded demo's efficacy? Student ASR and C-Acc, default vs speed="fast".
 
-Runs ``hf_backdoor_guard.demo.run_demo`` for BadNets and Blended at seeds 0, 1, 2, once with the
+Runs ``hf_backdoor_guard.benchmark.demo.run_demo`` for BadNets and Blended at seeds 0, 1, 2, once with the
 embedded defaults and once with ``speed="fast"`` (``EMBEDDED_SPEED_PRESETS["fast"]``: the same
 stochastic DDIM with half the steps), then prints the student's ASR and C-Acc side by side, mean
 and worst over the seeds, and the seconds of each run. 12 demo runs of 1-2 min each on one CPU
@@ -37,7 +37,7 @@ def student_metrics(result: dict) -> dict:
 
 
 def run_one(attack: str, seed: int, mode: str, output_dir: Path) -> dict:
-    from hf_backdoor_guard.demo import run_demo
+    from hf_backdoor_guard.benchmark.demo import run_demo
 
     started = time.time()
     result = run_demo(attack, output_dir / f"{attack}-seed{seed}-{mode}", seed, variation_options=variation_options(mode))

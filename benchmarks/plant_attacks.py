@@ -60,7 +60,7 @@ def training_args(output_dir: str, seed: int, epochs: float):
     """The demo teacher's training arguments (``DemoSettings`` defaults; AdamW, cosine schedule, no augmentation)."""
     from transformers import TrainingArguments
 
-    from hf_backdoor_guard.demo import DemoSettings
+    from hf_backdoor_guard.benchmark.demo import DemoSettings
 
     settings = DemoSettings()
     return TrainingArguments(
@@ -73,7 +73,7 @@ def training_args(output_dir: str, seed: int, epochs: float):
 
 def train_model(train, seed: int, epochs: float):
     """The demo's classifier trained on ``train`` with the demo's settings; ``(model, processor)``."""
-    from hf_backdoor_guard.demo import build_classifier
+    from hf_backdoor_guard.benchmark.demo import build_classifier
     from hf_backdoor_guard.training import train_classifier
 
     model, processor = build_classifier(10, seed=seed)
@@ -117,7 +117,7 @@ def clean_accuracy(seed: int, epochs: float, data, records: list[dict], out: Pat
 
 def clean_model_asr(names, seeds, epochs: float, data, out: Path) -> None:
     """Train a clean model per seed and record its ASR and R-Acc under each attack's embedded test trigger."""
-    from hf_backdoor_guard.embedded.attacks import embedded_attack
+    from hf_backdoor_guard.benchmark.attack_settings import embedded_attack
 
     for seed in seeds:
         model, processor = train_model(data["train"], seed, epochs)
@@ -144,7 +144,7 @@ def read(out: Path) -> list[dict]:
 def run_one(name: str, seed: int, args, data, options: dict, poison: dict, rate: float | None,
             surrogate_epochs: float | None, surrogate_epsilon: float | None = None) -> dict:
     from hf_backdoor_guard.attacks import attack_from_name
-    from hf_backdoor_guard.embedded.attacks import EMBEDDED_ATTACKS, embedded_attack, train_surrogate
+    from hf_backdoor_guard.benchmark.attack_settings import EMBEDDED_ATTACKS, embedded_attack, train_surrogate
     from hf_backdoor_guard.poisoning import poison_dataset
 
     started = time.time()

@@ -75,7 +75,7 @@ def run_job(job: tuple[str, str, int], runs_dir: Path, students: list[dict], stu
     import contextlib
     import io
 
-    from hf_backdoor_guard.demo import DemoSettings, demo_config, embedded_inputs, run_single
+    from hf_backdoor_guard.benchmark.demo import DemoSettings, demo_config, embedded_inputs, run_single
     from hf_backdoor_guard.pipeline import stages
     from hf_backdoor_guard.pipeline.defend import STAGES_DIR, prepare, run_plan, shared_stages, student_arguments
     from hf_backdoor_guard.pipeline.run_folder import RunFolder

@@ -242,13 +242,13 @@ def _end_process_group() -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        from .demo import run_demo_cli
+        from .benchmark.demo import run_demo_cli
 
         return run_demo_cli(args)
     if args.command == "defend":
         return _run_defend(args)
     if args.command == "compare":
-        from .pipeline.compare import compare_cli
+        from .benchmark.compare import compare_cli
 
         return compare_cli(args)
     if args.command == "publish":

@@ -8,7 +8,7 @@ import torch
 
 from hf_backdoor_guard.attacks import ATTACKS, LabelConsistent
 from hf_backdoor_guard.data import load_digits_dataset
-from hf_backdoor_guard.embedded.attacks import (
+from hf_backdoor_guard.benchmark.attack_settings import (
     DEFAULT_RATE,
     EMBEDDED_ATTACKS,
     BenchmarkAttack,

@@ -16,7 +16,7 @@ from hf_backdoor_guard.cli import build_parser, main
 from hf_backdoor_guard.defenses import DEFENSES, defense_variants
 from hf_backdoor_guard.defenses.leaderboard import ENTRY_KEYS, leaderboard_table
 from hf_backdoor_guard.outputs import MARKER
-from hf_backdoor_guard.pipeline.compare import row_names, run_compare
+from hf_backdoor_guard.benchmark.compare import row_names, run_compare
 
 TINY = dict(train_rows=120, test_rows=60, teacher_epochs=3, student_epochs=3,
             variation_options={"num_inference_steps": 4, "num_variations": 1})
@@ -173,14 +173,14 @@ def test_cli_compare_options():
                                       "--defenses", "nad", "abl,spectral", "--overwrite"])
     assert (args.attack, args.seed, args.output_dir, args.defenses, args.overwrite) == \
         ("all", 2, "d", ["nad", "abl,spectral"], True)
-    from hf_backdoor_guard.pipeline.compare import chosen_defenses
+    from hf_backdoor_guard.benchmark.compare import chosen_defenses
 
     assert chosen_defenses(args.defenses) == ["abl", "nad", "spectral"]  # registry order
     assert chosen_defenses(["student", "none"]) == []  # always run, not peer rows
 
 
 def test_all_attacks_write_one_leaderboard_each_and_one_with_every_attack(tmp_path, monkeypatch):
-    from hf_backdoor_guard import demo
+    from hf_backdoor_guard.benchmark import demo
 
     monkeypatch.setattr(demo, "attack_names", lambda: ("badnets", "sig"))
     out = tmp_path / "all"

@@ -310,7 +310,7 @@ def test_a_defend_killed_at_random_points_ends_as_an_uninterrupted_run(tmp_path,
 
 # --- compare and the demo keep the same promises -----------------------------------------------
 def test_compare_overwrite_waits_for_the_lock_and_keeps_user_files(tmp_path, caplog):
-    from hf_backdoor_guard.pipeline.compare import run_compare
+    from hf_backdoor_guard.benchmark.compare import run_compare
 
     tiny = dict(train_rows=120, test_rows=40, teacher_epochs=1, student_epochs=1,
                 variation_options={"num_inference_steps": 2, "num_variations": 1})

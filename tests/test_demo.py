@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from hf_backdoor_guard.cli import build_parser, main
-from hf_backdoor_guard.demo import REPORT_FILES, run_demo
+from hf_backdoor_guard.benchmark.demo import REPORT_FILES, run_demo
 from hf_backdoor_guard.outputs import MARKER
 from hf_backdoor_guard.pipeline.defend import OUTPUT_NAMES
 
@@ -89,7 +89,7 @@ def test_bad_seed_fails_before_the_marker_and_the_data(tmp_path, monkeypatch):
 
 def test_all_runs_every_registered_attack():
     from hf_backdoor_guard.attacks import ATTACKS
-    from hf_backdoor_guard.demo import attack_names
+    from hf_backdoor_guard.benchmark.demo import attack_names
 
     assert attack_names() == tuple(ATTACKS.names()) and len(attack_names()) >= 4
 
@@ -97,7 +97,7 @@ def test_all_runs_every_registered_attack():
 def test_all_attacks_write_one_folder_each_and_a_summary(tmp_path, monkeypatch):
     # Two of the registered attacks (one that relabels, one clean-label) keep this test short; the
     # test above checks that "all" means every registered attack.
-    from hf_backdoor_guard import demo
+    from hf_backdoor_guard.benchmark import demo
 
     monkeypatch.setattr(demo, "attack_names", lambda: ("badnets", "sig"))
     out = tmp_path / "all"

@@ -33,7 +33,7 @@ def _number(value: float) -> str:
 
 
 def test_the_demo_settings_quoted_in_the_readme_are_the_codes(readme):
-    from hf_backdoor_guard.demo import DemoSettings
+    from hf_backdoor_guard.benchmark.demo import DemoSettings
     from hf_backdoor_guard.embedded import EMBEDDED_SPEED_PRESETS, EMBEDDED_VARIATION_DEFAULTS
 
     variations = EMBEDDED_VARIATION_DEFAULTS

@@ -75,7 +75,7 @@ def test_a_stage_that_died_is_run_again_and_leaves_no_half_output(tmp_path):
 def test_one_builder_takes_architectures_folders_and_reheads_with_a_warning(tmp_path, caplog):
     from transformers import ResNetForImageClassification
 
-    from hf_backdoor_guard.demo import build_classifier as demo_builder
+    from hf_backdoor_guard.benchmark.demo import build_classifier as demo_builder
 
     model, processor = build_classifier("small-resnet", label_names=["cat", "dog", "emu"], seed=1)
     assert isinstance(model, ResNetForImageClassification) and model.config.id2label[2] == "emu"

@@ -65,7 +65,7 @@ def toy_world(tmp_path):
 
 
 def test_the_demo_runs_in_another_world(tmp_path, toy_world):
-    from hf_backdoor_guard.demo import run_demo
+    from hf_backdoor_guard.benchmark.demo import run_demo
 
     out = tmp_path / "demo"
     result = run_demo("badnets", out, seed=0, benchmark="toy-fashion", **QUICK)

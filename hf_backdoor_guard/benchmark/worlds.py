@@ -27,7 +27,7 @@ class World:
         description: the data as reports name it (also what the data stage's cache is keyed by).
         load: returns the ``DatasetDict`` with ``pretrain``, ``train`` (the victim's) and ``test``.
         diffusion_model: the ``--diffusion-model`` of the shipped model pretrained on ``pretrain``.
-        attacks: attack name -> its setting here (``embedded.attacks.BenchmarkAttack``); attacks
+        attacks: attack name -> its setting here (``attack_settings.BenchmarkAttack``); attacks
             not listed run with their defaults at a 10% rate.
         notes: how the attack settings were chosen for this world.
     """
@@ -71,7 +71,7 @@ def _fashion_mnist() -> "DatasetDict":
 
 
 def _attack_table():
-    from ..embedded.attacks import EMBEDDED_ATTACKS
+    from .attack_settings import EMBEDDED_ATTACKS
 
     return EMBEDDED_ATTACKS
 

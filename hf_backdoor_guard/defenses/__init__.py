@@ -3,7 +3,7 @@
 ``run_defense(name, poisoned_train, model_factory=..., training_args=..., image_processor=...,
 clean_subset=..., backdoored_model=...)`` runs one defense; ``measure_defense`` runs and measures
 one; ``run_defenses`` runs them all on the same data; ``write_leaderboard`` writes the
-comparison. ``backdoor-guard compare`` (:mod:`hf_backdoor_guard.pipeline.compare`) puts them
+comparison. ``backdoor-guard compare`` (:mod:`hf_backdoor_guard.benchmark.compare`) puts them
 beside the project's own method on the embedded benchmark. Each defense
 states what it assumes (clean data, training access, inference cost) in its docstring and
 in ``DefenseResult.assumes``.

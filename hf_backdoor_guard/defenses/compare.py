@@ -5,7 +5,7 @@ undefended model once (``"none"``, the reference of every DER and the starting p
 of the defenses that need a backdoored model), runs each defense, measures it with the
 same C-Acc / ASR / R-Acc functions (:func:`measure_defense`, :func:`evaluate_defense`)
 and reports one line per defense. The ``compare`` command
-(:mod:`hf_backdoor_guard.pipeline.compare`) runs the project's own method through the
+(:mod:`hf_backdoor_guard.benchmark.compare`) runs the project's own method through the
 pipeline's stages and each row of :func:`defense_variants` through :func:`measure_defense`.
 """
 

@@ -1,4 +1,5 @@
-"""The method as one pipeline of cached stages; ``defend``, the demo, ``compare`` and the recipes call it.
+"""The method as one pipeline of cached stages; ``defend``, the recipes and the benchmark layer
+(:mod:`hf_backdoor_guard.benchmark`: the demo and ``compare``) call it.
 
 * :mod:`.stages`: the stage functions (data, teacher, variations, detection, students,
   evaluation), each cached in a :class:`~.run_folder.RunFolder`;
@@ -6,7 +7,6 @@
   name, local folder or Hub id);
 * :mod:`.config`: :class:`DefendConfig`, the options of ``backdoor-guard defend``;
 * :mod:`.defend`: :func:`run_defend`, the whole method on a user's dataset;
-* :mod:`.compare`: :func:`run_compare`, the method beside every peer defense (``backdoor-guard compare``);
 * :mod:`.report` and :mod:`.figures`: what a run leaves in its output folder.
 
 Submodules are imported on first use, so ``import hf_backdoor_guard.pipeline`` stays light.
@@ -24,7 +24,6 @@ _EXPORTS = {
     "ARCHITECTURES": "models",
     "DefendConfig": "config",
     "run_defend": "defend",
-    "run_compare": "compare",
     "training_arguments": "stages",
     "training_settings": "stages",
     "data_stage": "stages",

@@ -1,7 +1,7 @@
 """``backdoor-guard compare``: the project's method beside every peer defense, on the same poisoned data.
 
 On the embedded benchmark (the demo's data, classifier and training settings, and the
-embedded setting of each attack, :func:`~hf_backdoor_guard.embedded.attacks.embedded_attack`):
+embedded setting of each attack, :func:`~hf_backdoor_guard.benchmark.attack_settings.embedded_attack`):
 
 1. the method runs through the pipeline (:func:`~hf_backdoor_guard.pipeline.run_defend`,
    the demo's configuration): the teacher on the poisoned data is the undefended model
@@ -142,7 +142,7 @@ def chosen_defenses(defenses: str | Sequence[str] | None) -> list[str]:
 
 
 def _settings(settings: dict):
-    from ..demo import DemoSettings
+    from .demo import DemoSettings
 
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(DemoSettings)})
     if unknown:
@@ -153,7 +153,7 @@ def _settings(settings: dict):
 
 def _method_config(attack: str, folder: Path, seed: int, settings, overwrite: bool = False):
     """The demo's ``DefendConfig`` for ``attack`` (checked on construction), without ``variations_ce``."""
-    from ..demo import demo_config
+    from .demo import demo_config
 
     config = demo_config(attack, folder / METHOD_DIR, seed, settings, overwrite=overwrite)
     config.baselines = False  # compare's baselines are the peer defenses
@@ -165,10 +165,10 @@ def _check(attack: str, seed: int, defenses, settings: dict, output_dir: Path,
     """Every check before any work: ``(attacks, defense rows, DemoSettings)``."""
     from ..defenses import DEFENSES, defense_variants
     from ..defenses.base import resolve_defense
-    from ..demo import attack_names
+    from .demo import attack_names
     from ..validation import check_seed
-    from .config import check_diffusion_model, stage_settings
-    from .defend import OUTPUT_NAMES, STAGES_DIR, check_output_names
+    from ..pipeline.config import check_diffusion_model, stage_settings
+    from ..pipeline.defend import OUTPUT_NAMES, STAGES_DIR, check_output_names
 
     names = list(attack_names())
     if attack not in [*names, "all"]:
@@ -205,7 +205,7 @@ def _check(attack: str, seed: int, defenses, settings: dict, output_dir: Path,
 def _check_cached(folder: Path, plan: dict[str, dict]) -> None:
     """``ValueError`` naming the stage or row and the option when ``folder`` (a run folder, read without creating
     anything) recorded it with other values of the options in ``plan``."""
-    from .run_folder import RECORD, settings_differences
+    from ..pipeline.run_folder import RECORD, settings_differences
 
     path = folder / RECORD
     records = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -233,7 +233,7 @@ def run_compare(attack: str = "badnets", seed: int = 0, output_dir: str | os.Pat
             ``none``, ``student`` and ``student_cleaned`` always run.
         overwrite: start over in an earlier compare's folder (removes only what compare wrote).
         report: receives one progress line per row (default: the logger).
-        settings: :class:`~hf_backdoor_guard.demo.DemoSettings` fields (``train_rows``,
+        settings: :class:`~hf_backdoor_guard.benchmark.demo.DemoSettings` fields (``train_rows``,
             ``teacher_epochs``, ``variation_options``, ...), as for the demo.
 
     Returns the leaderboard: ``{"attack", "seed", "defenses": {row: {...}}}``, or for
@@ -276,7 +276,7 @@ def compare_attack(attack_name: str, folder: Path, seed: int, settings, rows: Se
     """One attack: the method (``none``, our students), then every peer-defense row; writes ``folder/leaderboard.*``."""
     from ..defenses.compare import progress_line
     from ..defenses.leaderboard import defense_effectiveness_rating, leaderboard_entry, write_leaderboard
-    from ..demo import run_embedded
+    from .demo import run_embedded
 
     total = 1 + len(METHOD_ROWS) + len(rows)
     config = _method_config(attack_name, folder, seed, settings)
@@ -349,9 +349,9 @@ class PeerDefenses:
         from ..defenses.base import draw_clean_subset
         from ..loading import load_image_classifier
         from ..poisoning import triggered_testset
-        from .defend import STAGES_DIR
-        from .run_folder import RunFolder
-        from .stages import training_arguments
+        from ..pipeline.defend import STAGES_DIR
+        from ..pipeline.run_folder import RunFolder
+        from ..pipeline.stages import training_arguments
 
         method = RunFolder(folder / METHOD_DIR / STAGES_DIR)
         records = method.records()
@@ -376,7 +376,7 @@ class PeerDefenses:
         self.training_args = dataclasses.replace(self.training_args, logging_strategy="no")  # one line per row
 
     def new_model(self):
-        from .models import build_classifier
+        from ..pipeline.models import build_classifier
 
         config = self.config
         options = {key: value for key, value in (("image_size", config.image_size), ("width", config.width))
@@ -384,7 +384,7 @@ class PeerDefenses:
         return build_classifier(config.model, label_names=self.label_names, seed=config.seed, **options)[0]
 
     def _variation(self):
-        from .defend import variation_factory
+        from ..pipeline.defend import variation_factory
 
         return variation_factory(self.config, "cpu")()
 

@@ -106,7 +106,7 @@ def train_surrogate(clean_data, seed: int = 0, epochs: float = 12.0, epsilon: fl
     for each (data, seed, epochs, epsilon) and then reused.
     """
     from ..caching import dataset_fingerprint
-    from ..demo import build_classifier
+    from .demo import build_classifier
 
     key = (dataset_fingerprint(clean_data), seed, epochs, epsilon)
     if key not in _SURROGATES:

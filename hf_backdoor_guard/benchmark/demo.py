@@ -2,7 +2,7 @@
 
 1. Load scikit-learn's digits (:func:`~hf_backdoor_guard.data.load_digits_dataset`) and
    poison the victim split with the embedded benchmark's setting for the attack
-   (:func:`~hf_backdoor_guard.embedded.attacks.embedded_attack`; target 0).
+   (:func:`~hf_backdoor_guard.benchmark.attack_settings.embedded_attack`; target 0).
 2. Run the pipeline (:func:`~hf_backdoor_guard.pipeline.run_defend`): a teacher (the
    ``small-resnet``) on the poisoned data, SDEdit variations from the embedded diffusion
    model (which never saw the victim's data), detection, the distilled student, the
@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .outputs import claim_output_dir, locked, record_outputs, write_json_atomic, write_text_atomic
-from .pipeline.models import build_classifier as _build_classifier
-from .pipeline.report import metrics_table
+from ..outputs import claim_output_dir, locked, record_outputs, write_json_atomic, write_text_atomic
+from ..pipeline.models import build_classifier as _build_classifier
+from ..pipeline.report import metrics_table
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class DemoSettings:
 
 def attack_names() -> tuple[str, ...]:
     """Every registered attack, in registration order (what ``--attack all`` runs)."""
-    from .attacks import ATTACKS
+    from ..attacks import ATTACKS
 
     return tuple(ATTACKS.names())
 
@@ -88,8 +88,8 @@ def build_classifier(num_labels: int = 10, seed: int = 0, width: int = 32, image
 def demo_config(attack: str, output_dir: Path, seed: int, settings: DemoSettings, push_to_hub: str | None = None,
                 overwrite: bool = False):
     """The ``DefendConfig`` of one demo run (every option checked here, before any work); ``compare`` uses it too."""
-    from .benchmark import world
-    from .pipeline.config import DefendConfig
+    from .worlds import world
+    from ..pipeline.config import DefendConfig
 
     return DefendConfig(
         model="small-resnet", width=settings.width, max_train_rows=settings.train_rows,
@@ -111,8 +111,8 @@ def embedded_inputs(config, attack_name: str, seed: int) -> tuple[dict, Any]:
     setting in that world at ``seed``), ``poison_kwargs`` and ``data_settings``; ``config.poison_rate``
     is set to the attack's. ``compare`` draws the peer defenses' clean subset from ``pretrain``.
     """
-    from .benchmark.worlds import world_of
-    from .embedded.attacks import embedded_attack
+    from .worlds import world_of
+    from .attack_settings import embedded_attack
 
     chosen = world_of(config)  # the world whose diffusion model was pretrained on this data's pretrain split
     data = chosen.load()
@@ -130,7 +130,7 @@ def run_embedded(config, attack_name: str, seed: int, *, owner: str, report_titl
     Returns ``(result, attack, pretrain)``: ``run_defend``'s result, the attack it planted, and the clean
     pretraining split (see :func:`embedded_inputs`).
     """
-    from .pipeline.defend import run_defend
+    from ..pipeline.defend import run_defend
 
     inputs, pretrain = embedded_inputs(config, attack_name, seed)
     result = run_defend(config, **inputs, owner=owner, report_title=report_title)
@@ -140,7 +140,7 @@ def run_embedded(config, attack_name: str, seed: int, *, owner: str, report_titl
 def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSettings,
                push_to_hub: str | None = None, overwrite: bool = False) -> dict:
     """One attack end to end; writes the report files into ``output_dir`` and returns the metrics."""
-    from .pipeline.defend import OUTPUT_NAMES, check_output_names
+    from ..pipeline.defend import OUTPUT_NAMES, check_output_names
 
     config = demo_config(attack_name, output_dir, seed, settings, push_to_hub, overwrite)
     check_output_names(output_dir, OUTPUT_NAMES, OWNER)
@@ -154,7 +154,7 @@ def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSett
 
 def _check_args(attack: str, seed: int, settings: DemoSettings, output_dir: Path, push_to_hub, overwrite) -> list:
     """Every check before any work; returns the attacks to run."""
-    from .validation import check_seed
+    from ..validation import check_seed
 
     names = attack_names()
     if attack not in names + ("all",):
@@ -166,10 +166,10 @@ def _check_args(attack: str, seed: int, settings: DemoSettings, output_dir: Path
     for name in chosen:  # DefendConfig checks every option
         config = demo_config(name, output_dir / name if attack == "all" else output_dir, seed, settings, push_to_hub,
                              overwrite)
-    from .pipeline.config import check_diffusion_model
+    from ..pipeline.config import check_diffusion_model
 
     check_diffusion_model(config)  # the world's shipped model is here, before its data loads
-    from .pipeline.defend import OUTPUT_NAMES, check_output_names
+    from ..pipeline.defend import OUTPUT_NAMES, check_output_names
 
     if attack == "all":
         check_output_names(output_dir, SUMMARY_FILES + tuple(chosen), OWNER)
@@ -237,7 +237,7 @@ def run_demo(
             results[name] = run_single(name, output_dir / name, seed, demo_settings, overwrite=overwrite)
         summary = {"seed": seed, "seconds": round(time.time() - started, 1), "attacks": results}
         write_json_atomic(output_dir / "summary.json", summary)
-        from .pipeline.figures import metrics_chart
+        from ..pipeline.figures import metrics_chart
 
         metrics_chart({name: result["models"] for name, result in results.items()}, output_dir / "metrics.png",
                       title=f"backdoor-guard demo, every attack (seed {seed})")
@@ -247,7 +247,7 @@ def run_demo(
 
 
 def _summary_report(summary: dict) -> str:
-    from .metrics import backdoor_metrics
+    from ..metrics import backdoor_metrics
 
     metrics = backdoor_metrics()
     lines = [f"# backdoor-guard demo: all attacks (seed {summary['seed']})", ""]
