@@ -140,23 +140,16 @@ class DefenseInputs:
         ``trainer_class`` (a :class:`DefenseTrainer` subclass) replaces the plain loss;
         ``trainer_options`` go to its constructor; ``learning_rate=...`` changes the phase's rate.
         """
-        from ..training import train_classifier
+        from ..training import build_classifier_trainer
 
         changes = {key: trainer_options.pop(key) for key in ("learning_rate",) if key in trainer_options}
         args = self.phase_args(phase, epochs, **changes)
         logger.info("[%s] %s: %d rows, %.3g epochs", self.defense_name, phase, len(dataset), epochs)
-        if trainer_class is None:
-            trainer = train_classifier(
-                model, dataset, args, self.image_processor, augment=self.augment,
-                image_column=self.image_column, label_column=self.label_column,
-            )
-        else:
-            trainer = trainer_class(
-                model=model, args=args, train_dataset=dataset, processing_class=self.image_processor,
-                augment=self.augment, image_column=self.image_column, label_column=self.label_column,
-                **trainer_options,
-            )
-            trainer.train()
+        trainer = build_classifier_trainer(
+            model, dataset, args, self.image_processor, augment=self.augment, image_column=self.image_column,
+            label_column=self.label_column, trainer_class=trainer_class, **trainer_options,
+        )
+        trainer.train()
         return trainer.model
 
     def sample_pixels(self, rows: int = 2) -> torch.Tensor:

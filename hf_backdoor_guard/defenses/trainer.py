@@ -1,22 +1,18 @@
 """The Trainer that defenses with their own loss subclass (ABL's LGA and unlearning, NAD's attention loss).
 
-It is the project's :class:`~hf_backdoor_guard.training.ImageClassifierTrainer` (plain
-``transformers.Trainer`` plus safe checkpoint reloads) set up the way
-:func:`~hf_backdoor_guard.training.train_classifier` sets it up (raw image datasets through
-:class:`~hf_backdoor_guard.ImageClassificationTransform`, the project's collator), with a
-``defense_loss(model, inputs)`` hook instead of the model's own loss. ``train_classifier``
-has no way to choose the trainer class, hence this small setup of its own.
+It is the project's :class:`~hf_backdoor_guard.training.ImageClassifierTrainer` with a
+``defense_loss(model, inputs)`` hook instead of the model's own loss; it is built by
+:func:`~hf_backdoor_guard.training.build_classifier_trainer` (``trainer_class=``), which
+sets up the raw image datasets and the collator exactly as for every other model.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 
 from ..training import ImageClassifierTrainer
-from ..transforms import ImageClassificationCollator, prepare_image_dataset
 
 
 class DefenseTrainer(ImageClassifierTrainer):
@@ -25,19 +21,9 @@ class DefenseTrainer(ImageClassifierTrainer):
     # defense_loss returns a per-batch mean, so the Trainer must divide by the accumulation steps itself.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *, model, args, train_dataset, processing_class, augment: bool = True,
-                 image_column: str = "image", label_column: str = "label", **kwargs: Any):
-        if args.remove_unused_columns:  # the raw image column must reach the transform
-            args = copy.copy(args)
-            args.remove_unused_columns = False
-        train_view = prepare_image_dataset(
-            train_dataset, processing_class, augment=augment, image_column=image_column,
-            label_column=label_column, name="train_dataset",
-        )
-        super().__init__(model=model, args=args, data_collator=ImageClassificationCollator(),
-                         train_dataset=train_view, processing_class=processing_class, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # our loss ignores num_items_in_batch
-        self.image_column, self.label_column = image_column, label_column
 
     def defense_loss(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError
