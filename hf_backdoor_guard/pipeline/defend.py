@@ -18,7 +18,6 @@ R-Acc are reported beside C-Acc. The demo is this function on the embedded defau
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from . import stages
 from .config import DefendConfig, check_diffusion_model, stage_settings
 from .models import check_model
 from .report import write_outputs
-from .run_folder import RunFolder, process_state
+from .run_folder import RunFolder, process_state, settings_differences
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +209,7 @@ def restart_if_data_changed(run: RunFolder, plan: dict) -> None:
     if not record or planned is None:
         return
     before = (record.get("settings") or {}).get("content")
-    if before == json.loads(json.dumps(planned)):
+    if not settings_differences({"content": before}, {"content": planned}):  # compared as every stage setting is
         return
     if before is None:
         why = "its record holds no fingerprint of the data (an older version made it)"
