@@ -25,8 +25,11 @@ def add_embedded_run_options(parser: argparse.ArgumentParser, command: str, defa
                         "outputs).")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(defend_defaults: dict | None = None) -> argparse.ArgumentParser:
+    """The command's parser; ``defend_defaults`` (a ``--config`` file's values) replace defend's defaults."""
+    from .arguments import argument_parser
     from .attacks import ATTACKS  # numpy + PIL only: the registry is cheap to read
+    from .pipeline.config import DefendConfig
 
     parser = argparse.ArgumentParser(
         prog="backdoor-guard",
@@ -65,15 +68,38 @@ def build_parser() -> argparse.ArgumentParser:
                          "--list-defenses prints the names and what each assumes.")
     compare.add_argument("--list-defenses", action="store_true", help="Print every defense row and exit.")
 
+    redteam = commands.add_parser(
+        "redteam", parents=[shared],
+        help="Run the attacks built against this defense (triggers the variations keep) through the demo's defaults.",
+        description="Every adaptive attack (lowfreq, border, tint, stroke, surviving) through the demo in a "
+        "benchmark world, with a clean reference model (the ASR floor), the diffusion canary (the share of each "
+        "trigger the variation model keeps) and a re-tuning check; writes redteam.json, redteam.md and redteam.png "
+        "(ASR of model/ per attack beside the undefended teacher) to --output-dir. A rerun resumes.",
+    )
+    from .benchmark import WORLDS
+
+    redteam.add_argument("--benchmark", default="digits", choices=WORLDS.names(), help="The benchmark world.")
+    redteam.add_argument("--seed", type=int, default=0)
+    redteam.add_argument("--output-dir", default="backdoor-guard-redteam", help="Where the report is written.")
+    redteam.add_argument("--attacks", nargs="+", metavar="NAME", choices=ATTACKS.names(), default=None,
+                         help="Attacks to run (default: every attack marked adaptive).")
+    redteam.add_argument("--overwrite", action="store_true",
+                         help="Start over in an earlier redteam's folder with other settings (removes only its "
+                         "outputs).")
+
     defend = commands.add_parser(
-        "defend", parents=[shared],
+        "defend", parents=[shared, argument_parser((DefendConfig,), add_help=False)],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="Run the whole method on your dataset: a robust model, a cleaned dataset and the suspicious rows.",
         description="Train a teacher on your (possibly poisoned) data, generate diffusion variations of every "
         "training image, flag the rows whose variations disagree with the teacher, and distil a robust student. "
-        "Writes model/, cleaned/, detection.json and report.md to --output-dir; every stage is cached there, so a "
-        "rerun resumes. Runs under `accelerate launch -m hf_backdoor_guard.cli defend ...` with several processes.",
+        "Writes model/, cleaned/, detection.json and report.md to --output_dir; every stage is cached there, so a "
+        "rerun resumes. Runs under `accelerate launch -m hf_backdoor_guard.cli defend ...` with several processes. "
+        "The options are DefendConfig's (the data, model and attack options are the recipes' too); each flag is "
+        "spelled with underscores or dashes.",
     )
-    _add_config_flags(defend, ATTACKS.names())
+    if defend_defaults:
+        defend.set_defaults(**defend_defaults)
 
     publish = commands.add_parser(
         "publish", parents=[shared],
@@ -94,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--no-push", action="store_true", help="Only stage the files and the card.")
     publish.add_argument("--private", action="store_true", help="Create the repository as private.")
     publish.add_argument("--commit-message", help="Commit message of the upload.")
-    publish.add_argument("--image-column", default="image", help="Datasets: the column with the variations.")
-    publish.add_argument("--label-column", default="label", help="Datasets: the label column.")
+    publish.add_argument("--image-column-name", default="image", help="Datasets: the column with the variations.")
+    publish.add_argument("--label-column-name", default="label", help="Datasets: the label column.")
     publish.add_argument("--keep-source-images", action="store_true",
                          help="Datasets: keep the source (possibly poisoned) image columns.")
     publish.add_argument("--keep-poisoning-columns", action="store_true",
@@ -103,46 +129,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flag_type(annotation: str):
-    """The argparse type of a ``DefendConfig`` field from its annotation (``"int | None"`` -> int); None: no flag."""
-    for name, kind in (("bool", bool), ("dict", None), ("float", float), ("int", int), ("str", str)):
-        if name in annotation:
-            return kind
-    return str
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; for ``defend``, a ``--config`` file's values fill in the options no flag gives."""
+    args = build_parser().parse_args(argv)
+    if args.command == "defend" and args.config:
+        from .arguments import check_option_names, option_names, read_config_file
+        from .pipeline.config import DefendConfig
 
-
-def _add_config_flags(parser: argparse.ArgumentParser, attack_names) -> None:
-    """One flag per ``DefendConfig`` field (``--num-train-epochs``); defaults stay unset so that
-    ``--config FILE.yaml`` supplies them and flags override it. Mappings are set in the file."""
-    import dataclasses
-
-    from .pipeline.config import DefendConfig
-
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (the flag names with "
-                        "underscores or dashes; mappings such as variation_options too); flags override it.")
-    for item in dataclasses.fields(DefendConfig):
-        kind = _flag_type(str(item.type))
-        if kind is None:
-            continue
-        flag = "--" + item.name.replace("_", "-")
-        help_text = item.metadata["help"]
-        if item.default not in (None, dataclasses.MISSING) and "default" not in help_text:
-            help_text += f" (default: {item.default})"
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        elif item.name == "attack":
-            parser.add_argument(flag, choices=attack_names, default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+        values = read_config_file(args.config, (DefendConfig,))
+        check_option_names(values, option_names((DefendConfig,)), f"config file {args.config}")
+        args = build_parser(defend_defaults=values).parse_args(argv)
+    return args
 
 
 def defend_config(args: argparse.Namespace):
-    """The ``DefendConfig`` of parsed ``defend`` arguments: the ``--config`` file, then the flags given."""
+    """The ``DefendConfig`` of parsed ``defend`` arguments (checked as it is built)."""
+    from .arguments import dataclasses_from_namespace
     from .pipeline.config import DefendConfig
 
-    options = {key: value for key, value in vars(args).items()
-               if key not in ("command", "config", "debug", "verbose")}
-    return DefendConfig.from_sources(args.config, **options)
+    return dataclasses_from_namespace((DefendConfig,), args)[0]
 
 
 def _run_defend(args: argparse.Namespace) -> int:
@@ -187,8 +192,8 @@ def _run_publish(args: argparse.Namespace) -> int:
         args.repo_id,
         metrics=read_metrics_file(args.metrics) if args.metrics else None,
         teacher_metrics=read_metrics_file(args.teacher_metrics) if args.teacher_metrics else None,
-        image_column=args.image_column,
-        label_column=args.label_column,
+        image_column=args.image_column_name,
+        label_column=args.label_column_name,
         keep_source_images=args.keep_source_images,
         keep_poisoning_columns=args.keep_poisoning_columns,
         **options,
@@ -200,8 +205,12 @@ def _run_publish(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args = parse_args(argv)
+    except ValueError as error:  # a --config file that cannot be read or names unknown options
+        logging.getLogger(__name__).error("backdoor-guard: %s", error)
+        return 2
     if args.verbose:  # our own detail too: which weights load, each model's metrics as they are measured
         logging.getLogger("hf_backdoor_guard").setLevel(logging.DEBUG)
     try:
@@ -251,6 +260,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .benchmark.compare import compare_cli
 
         return compare_cli(args)
+    if args.command == "redteam":
+        from .benchmark.redteam import redteam_cli
+
+        return redteam_cli(args)
     if args.command == "publish":
         return _run_publish(args)
     return 2

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None):
     varied = variations_stage(
         run, train_ds, name=name, settings=stage_settings(data_args, poison_args, variation_args),
         variation=lambda: variation_args.build(device=state.device), columns=None,
-        batch_size=variation_args.variation_batch_size, shard_size=variation_args.shard_size,
+        batch_size=variation_args.variation_batch_size, shard_size=variation_args.variation_shard_size,
         overlap=variation_args.overlap, part_index=variation_args.part_index, num_parts=variation_args.num_parts,
         push_to_hub=variation_args.push_to_hub, hub_private=variation_args.hub_private or None)
     if run.is_main_process:

@@ -2,15 +2,15 @@
 
 The model only ever sees the ``pretrain`` split (clean "public" data, disjoint from the
 victim's ``train`` split), as the method asks: the diffusion model must not have learnt
-any trigger. ``--dataset`` picks the world:
+any trigger. ``--benchmark`` picks the world:
 
 * ``digits`` (default): ``load_digits_dataset``'s 600-image split at 16 px, the shipped model;
 * ``fashion-mnist``: ``load_fashion_mnist``'s 10,000-image split at its native 28 px (the IDX
-  files from ``--data_path``, else the Debian package ``dataset-fashion-mnist``, else the Hub).
+  files from ``--data_dir``, else the Debian package ``dataset-fashion-mnist``, else the Hub).
 
     python recipes/pretrain_embedded_diffusion.py --help
     python recipes/pretrain_embedded_diffusion.py --output_dir hf_backdoor_guard/embedded/digits_ddpm
-    python recipes/pretrain_embedded_diffusion.py --dataset fashion-mnist --output_dir /tmp/fmnist-ddpm
+    python recipes/pretrain_embedded_diffusion.py --benchmark fashion-mnist --output_dir /tmp/fmnist-ddpm
 
 The result is a diffusers ``DDIMPipeline`` folder (``model_index.json``, ``unet/``
 with fp16 safetensors, ``scheduler/``) that ``ImageVariation.embedded()`` loads.
@@ -37,12 +37,12 @@ logger = logging.getLogger("pretrain_embedded_diffusion")
 class PretrainArguments:
     """Options of the pretraining run (every field is a command-line flag)."""
 
-    dataset: str = field(
+    benchmark: str = field(
         default="digits",
         metadata={"help": "Benchmark world whose pretrain split trains the model.",
                   "choices": ["digits", "fashion-mnist"]},
     )
-    data_path: Optional[str] = field(
+    data_dir: Optional[str] = field(
         default=None,
         metadata={"help": "fashion-mnist only: folder of the four IDX files "
                           "(default: the Debian package's, else the Hub)."},
@@ -56,7 +56,7 @@ class PretrainArguments:
     max_steps: int = field(
         default=6000, metadata={"help": "Optimiser steps (the shipped model: 6000; 2000 already gives usable variations)."}
     )
-    batch_size: int = field(default=64, metadata={"help": "Images per step."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Images per step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate (cosine decay)."})
     warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps."})
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the saved weights (0 = no EMA)."})
@@ -90,18 +90,18 @@ DATASET_DEFAULTS = {
 
 def resolve_defaults(args: PretrainArguments) -> PretrainArguments:
     """Fill the per-world defaults in place and check the options that depend on the world."""
-    if args.dataset not in DATASET_DEFAULTS:
-        raise ValueError(f"dataset must be one of {sorted(DATASET_DEFAULTS)}, got {args.dataset!r}.")
-    defaults = DATASET_DEFAULTS[args.dataset]
+    if args.benchmark not in DATASET_DEFAULTS:
+        raise ValueError(f"benchmark must be one of {sorted(DATASET_DEFAULTS)}, got {args.benchmark!r}.")
+    defaults = DATASET_DEFAULTS[args.benchmark]
     if args.output_dir is None:
         args.output_dir = defaults["output_dir"]
     if args.image_size is None:
         args.image_size = defaults["image_size"]
-    if args.dataset == "fashion-mnist" and args.image_size != defaults["image_size"]:
+    if args.benchmark == "fashion-mnist" and args.image_size != defaults["image_size"]:
         # Variations are made at the victim's size; a model trained at another size would not fit them.
         raise ValueError(f"fashion-mnist images are {defaults['image_size']} px; got image_size={args.image_size}.")
-    if args.dataset == "digits" and args.data_path is not None:
-        raise ValueError("data_path is for fashion-mnist; the digits ship with scikit-learn.")
+    if args.benchmark == "digits" and args.data_dir is not None:
+        raise ValueError("data_dir is for fashion-mnist; the digits ship with scikit-learn.")
     levels = len(args.block_out_channels.split(","))
     if args.image_size % 2 ** (levels - 1):
         # The UNet halves the side at every level but the last and concatenates skips on the way up: an odd
@@ -113,10 +113,10 @@ def resolve_defaults(args: PretrainArguments) -> PretrainArguments:
 
 def pretrain_images(args: PretrainArguments):
     """The uint8 images [N, size, size, 3] of the world's pretrain split: the only data the model sees."""
-    if args.dataset == "fashion-mnist":
+    if args.benchmark == "fashion-mnist":
         from hf_backdoor_guard.data import fashion_mnist_split_arrays
 
-        images, _ = fashion_mnist_split_arrays(args.data_path, seed=args.split_seed)["pretrain"]
+        images, _ = fashion_mnist_split_arrays(args.data_dir, seed=args.split_seed)["pretrain"]
         return images
     from hf_backdoor_guard.data import digits_split_arrays
 
@@ -165,8 +165,8 @@ def pretrain(args: PretrainArguments) -> Path:
     from tqdm.auto import tqdm
 
     resolve_defaults(args)
-    if args.max_steps < 1 or args.batch_size < 1:
-        raise ValueError("max_steps and batch_size must be >= 1.")
+    if args.max_steps < 1 or args.per_device_train_batch_size < 1:
+        raise ValueError("max_steps and per_device_train_batch_size must be >= 1.")
     if not 0 <= args.ema_decay < 1:
         raise ValueError(f"ema_decay must lie in [0, 1), got {args.ema_decay}.")
     torch.set_num_threads(args.num_threads)
@@ -175,7 +175,7 @@ def pretrain(args: PretrainArguments) -> Path:
 
     images = pretrain_images(args)
     x_all = torch.from_numpy(images.astype(np.float32)).permute(0, 3, 1, 2).div(127.5).sub(1.0).to(device)  # [-1, 1]
-    logger.info("Pretraining on %d clean %s images of %dx%d", len(x_all), args.dataset, args.image_size,
+    logger.info("Pretraining on %d clean %s images of %dx%d", len(x_all), args.benchmark, args.image_size,
                 args.image_size)
 
     unet = build_unet(args).to(device)
@@ -199,7 +199,7 @@ def pretrain(args: PretrainArguments) -> Path:
     started, running = time.time(), []
     progress = tqdm(range(args.max_steps), desc="pretrain DDPM", mininterval=5)
     for step in progress:
-        rows = torch.randint(0, len(x_all), (args.batch_size,), generator=generator)
+        rows = torch.randint(0, len(x_all), (args.per_device_train_batch_size,), generator=generator)
         x0 = x_all[rows.to(device)]
         if pad:
             # Small random translations: the 600 digits are few and not always centred (Fashion-MNIST's
@@ -208,7 +208,7 @@ def pretrain(args: PretrainArguments) -> Path:
             dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
             x0 = padded[:, :, dy : dy + args.image_size, dx : dx + args.image_size]
         noise = torch.randn(x0.shape, generator=generator).to(device)
-        t = torch.randint(0, args.num_train_timesteps, (args.batch_size,), generator=generator).to(device)
+        t = torch.randint(0, args.num_train_timesteps, (args.per_device_train_batch_size,), generator=generator).to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         loss = torch.nn.functional.mse_loss(unet(noisy, t).sample, noise)

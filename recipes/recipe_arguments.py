@@ -26,27 +26,26 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_backdoor_guard.validation import (
-    check_choice,
-    check_fraction,
-    check_int,
-    check_number,
+from hf_backdoor_guard.arguments import (
+    DataArguments,
+    ModelArguments,
+    PoisonArguments,
+    check_option_names,
+    none_if_blank,
+    option,
+    read_config_file,
 )
+from hf_backdoor_guard.arguments import parse_arguments as parse_option_groups
+from hf_backdoor_guard.validation import check_choice, check_fraction, check_int, check_number
+
+# The recipes' seed of subsets and poisoned rows when --subset_seed / --poison_seed are unset (defend uses its --seed).
+RECIPE_SEED = 42
 
 logger = logging.getLogger("recipes")
-
-
-def _help(text: str, default: Any = None, **kwargs: Any):
-    return field(default=default, metadata={"help": text}, **kwargs)
-
-
-def _none(value):
-    """'none' / 'null' / '' typed on a command line mean None."""
-    return None if isinstance(value, str) and value.strip().lower() in ("", "none", "null") else value
 
 
 # --------------------------------------------------------------------------------------
@@ -56,19 +55,19 @@ def _none(value):
 class RunArguments:
     """Where a run lives and how it logs."""
 
-    run_dir: str = _help("Folder of the whole run: teacher/, variations/, student/ and *_metrics.json go there "
+    run_dir: str = option("Folder of the whole run: teacher/, variations/, student/ and *_metrics.json go there "
                          "unless their paths are given.", "runs/backdoor-guard")
-    run_variant: str | None = _help("A variant of the run that shares its teacher: its variations and student go to "
+    run_variant: str | None = option("A variant of the run that shares its teacher: its variations and student go to "
                                     "RUN_DIR/variations_VARIANT and RUN_DIR/student_VARIANT (the fast configs: fast).")
-    resume: bool = _help("Training: continue an unfinished run from its last complete checkpoint "
+    resume: bool = option("Training: continue an unfinished run from its last complete checkpoint "
                          "(OUTPUT_DIR-checkpoints; --no_resume starts over).", True)
-    overwrite: bool = _help("Replace this script's earlier output (made with other options) instead of refusing: "
+    overwrite: bool = option("Replace this script's earlier output (made with other options) instead of refusing: "
                             "removes only that output, its checkpoints and its record in stages.json.", False)
-    verbosity: str = _help("Log level of the recipe and the package on the main process: debug, info, warning.",
+    verbosity: str = option("Log level of the recipe and the package on the main process: debug, info, warning.",
                            "info")
 
     def __post_init__(self):
-        self.run_variant = _none(self.run_variant)
+        self.run_variant = none_if_blank(self.run_variant)
         if self.run_variant is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", self.run_variant):
             raise ValueError(f"run_variant must be a plain name (letters, digits, _ . -), got {self.run_variant!r}.")
         check_choice("verbosity", self.verbosity, ("debug", "info", "warning", "error"))
@@ -81,93 +80,11 @@ class RunArguments:
 
 
 @dataclass
-class DataArguments:
-    """Which images and labels: a Hub id, 'imagefolder' with data_dir, or a save_to_disk folder."""
-
-    dataset_name: str | None = _help("A Hub dataset id (e.g. uoft-cs/cifar10), 'imagefolder' (with --data_dir), or a "
-                                     "folder written by save_to_disk.")
-    dataset_config_name: str | None = _help("The dataset's configuration (e.g. '320px' for frgfm/imagenette).")
-    data_dir: str | None = _help("imagefolder: the folder holding <split>/<class>/<image> files.")
-    dataset_revision: str | None = _help("Hub revision (branch, tag or commit) of the dataset.")
-    train_split: str = _help("The split the models are trained on (possibly poisoned).", "train")
-    eval_split: str | None = _help("The clean split for C-Acc, ASR and R-Acc (default: 'test' or 'validation').")
-    image_column_name: str = _help("Column holding the images (renamed to 'image' after loading; CIFAR-10: img).", "image")
-    label_column_name: str = _help("Column holding the labels (renamed to 'label' after loading).", "label")
-    resize_images: int | None = _help("Resize every image (shortest edge, then centre crop) to SIZE x SIZE before "
-                                      "poisoning, so a trigger has the same pixel size in every image and at the "
-                                      "model's input (GTSRB: 32, ImageNette: 224). Unset: images stay as stored.")
-    max_train_samples: int | None = _help("Use a class-stratified subset of this many training rows (quick runs).")
-    max_eval_samples: int | None = _help("Use a class-stratified subset of this many evaluation rows.")
-    subset_seed: int = _help("Seed of the max_*_samples subsets.", 42)
-
-    def __post_init__(self):
-        self.eval_split = _none(self.eval_split)
-        for name in ("resize_images", "max_train_samples", "max_eval_samples"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), minimum=8 if name == "resize_images" else 1)
-
-
-@dataclass
-class PoisonArguments:
-    """The backdoor: poisoning of the training split for research, and the trigger measured at evaluation."""
-
-    attack: dict | str | None = _help(
-        "Attack that poisons the training split and that ASR/R-Acc measure: a name (badnets, blended, wanet, sig, "
-        "...), 'name:key=value,...' (e.g. 'badnets:trigger=checkerboard,size=9') or, in YAML, a mapping "
-        "{name: badnets, size: 9}. Unset or 'none': no poisoning, no backdoor metrics.")
-    target_label: int = _help("The backdoor's target class.", 0)
-    poison_rate: float = _help("Share of eligible training rows poisoned (0 keeps the data as it is: data that is "
-                               "already poisoned, or clean).", 0.1)
-    poison_seed: int = _help("Seed choosing the poisoned rows.", 42)
-    poison_target_class: bool = _help("Also poison rows that already have the target label.", False)
-
-    def __post_init__(self):
-        from hf_backdoor_guard.attacks.specs import parse_attack_spec
-
-        self.attack = _none(self.attack)
-        if self.attack is not None:
-            parse_attack_spec(self.attack)  # a bad spec fails before any work
-        check_int("target_label", self.target_label, minimum=0)
-        check_fraction("poison_rate", self.poison_rate)
-
-    def build_attack(self):
-        """The configured ``Attack``, or None."""
-        from hf_backdoor_guard.attacks.specs import attack_from_spec
-
-        return None if self.attack is None else attack_from_spec(self.attack)
-
-
-@dataclass
-class ModelArguments:
-    """The classifier trained (the teacher in train_teacher.py, the student in train_student.py)."""
-
-    model_name_or_path: str = _help("An architecture trained from scratch (resnet-18 ... resnet-152, small-resnet), a "
-                                    "save_pretrained folder or a Hub id (safetensors only; a head of another size is "
-                                    "replaced, with a warning).", "resnet-18")
-    image_size: int | None = _help("New architectures: images are resized (shortest edge) and centre-cropped to "
-                                   "this size (default 224).")
-    image_mean: list[float] | None = _help("New architectures: normalisation mean per channel (default ImageNet's).")
-    image_std: list[float] | None = _help("New architectures: normalisation std per channel (default ImageNet's).")
-
-    def __post_init__(self):
-        from hf_backdoor_guard.pipeline.models import model_source
-
-        model_source(self.model_name_or_path)  # an architecture, a folder or a Hub id, or a ValueError
-
-    def classifier(self) -> dict:
-        """``model`` and the options of ``build_classifier`` (the one builder of demo, defend and recipes),
-        as the training stages take them."""
-        options = {name: getattr(self, name) for name in ("image_size", "image_mean", "image_std")
-                   if getattr(self, name) is not None}
-        return {"model": self.model_name_or_path, **options}
-
-
-@dataclass
 class AugmentArguments:
     """Random augmentation of training images: the teacher always, the student with ``--augment``."""
 
-    flip_probability: float = _help("Chance of a random horizontal flip (0: off).", 0.5)
-    crop_padding: float = _help("Random crop after padding each side by this fraction of the side (0.125 = 4 px on "
+    flip_probability: float = option("Chance of a random horizontal flip (0: off).", 0.5)
+    crop_padding: float = option("Random crop after padding each side by this fraction of the side (0.125 = 4 px on "
                                 "32 px images, the usual CIFAR recipe; 0: no crop).", 0.0)
 
     def __post_init__(self):
@@ -179,9 +96,9 @@ class AugmentArguments:
 class ScheduleArguments:
     """Step decay of the learning rate (MultiStep), on top of ``lr_scheduler_type: constant``."""
 
-    lr_milestones: list[float] | None = _help("Epochs at which the learning rate is multiplied by lr_gamma (paper: "
+    lr_milestones: list[float] | None = option("Epochs at which the learning rate is multiplied by lr_gamma (paper: "
                                               "30 50). Needs lr_scheduler_type=constant and no warmup.")
-    lr_gamma: float = _help("Factor applied at each of lr_milestones.", 0.1)
+    lr_gamma: float = option("Factor applied at each of lr_milestones.", 0.1)
 
     def __post_init__(self):
         from hf_backdoor_guard.training import check_milestones
@@ -204,41 +121,41 @@ class ScheduleArguments:
 class VariationArguments:
     """The diffusion model, how it varies every training image, and how the work is split and published."""
 
-    diffusion_model: str = _help("Hub id or folder of a supported diffusers pipeline (model_index.json decides the "
+    diffusion_model: str = option("Hub id or folder of a supported diffusers pipeline (model_index.json decides the "
                                  "family).", "shi-labs/versatile-diffusion")
-    diffusion_prior: str | None = _help("Prior stage of two-stage families (Kandinsky 2.2, Flux Redux).")
-    diffusion_revision: str | None = _help("Hub revision of diffusion_model.")
-    diffusion_variant: str | None = _help("Weights variant, e.g. 'fp16'.")
-    diffusion_dtype: str | None = _help("Run the pipeline in this dtype (float16, bfloat16, float32).")
-    speed: str | None = _help("A speed preset: 'fast' (DPM-Solver++ in 15 steps, channels_last, torch.compile on "
+    diffusion_prior: str | None = option("Prior stage of two-stage families (Kandinsky 2.2, Flux Redux).")
+    diffusion_revision: str | None = option("Hub revision of diffusion_model.")
+    diffusion_variant: str | None = option("Weights variant, e.g. 'fp16'.")
+    diffusion_dtype: str | None = option("Run the pipeline in this dtype (float16, bfloat16, float32).")
+    speed: str | None = option("A speed preset: 'fast' (DPM-Solver++ in 15 steps, channels_last, torch.compile on "
                               "CUDA) or 'fast-small' (the same at half the native size, for small sources such as "
                               "CIFAR's 32 px). It fills in only the options left unset below.")
-    scheduler: str | None = _help("Replace the pipeline's scheduler by this diffusers class, built from its config.")
-    num_inference_steps: int | None = _help("Denoising steps (paper: 50).")
-    guidance_scale: float | None = _help("Classifier-free guidance (paper: 7.5).")
-    strength: float | None = _help("Noise level of SDEdit families, in (0, 1].")
-    eta: float | None = _help("DDIM eta for families whose scheduler takes it.")
-    variation_size: int | None = _help("Generation size in pixels (paper: 512); variations are resized back to each "
+    scheduler: str | None = option("Replace the pipeline's scheduler by this diffusers class, built from its config.")
+    num_inference_steps: int | None = option("Denoising steps (paper: 50).")
+    guidance_scale: float | None = option("Classifier-free guidance (paper: 7.5).")
+    strength: float | None = option("Noise level of SDEdit families, in (0, 1].")
+    eta: float | None = option("DDIM eta for families whose scheduler takes it.")
+    variation_size: int | None = option("Generation size in pixels (paper: 512); variations are resized back to each "
                                        "source's size.")
-    color_transfer: bool = _help("Match each variation's Lab color statistics to its source (paper: on).", True)
-    num_variations: int = _help("Variations per training image.", 1)
-    variation_seed: int = _help("Base seed; each image gets its own generator.", 42)
-    keep_source: bool = _help("Keep the (possibly poisoned) source image in a 'source_image' column.", False)
-    variation_batch_size: int = _help("Source images per pipeline call.", 8)
-    shard_size: int | None = _help("Source rows per resumable shard (default 64 x variation_batch_size).")
-    overlap: bool = _help("Decode, post-process and write on CPU threads while the GPU denoises (same bytes).", True)
-    part_index: int = _help("Run only this part of num_parts (one part per machine when machines share no storage; "
+    color_transfer: bool = option("Match each variation's Lab color statistics to its source (paper: on).", True)
+    num_variations: int = option("Variations per training image.", 1)
+    variation_seed: int = option("Base seed; each image gets its own generator.", 42)
+    keep_source: bool = option("Keep the (possibly poisoned) source image in a 'source_image' column.", False)
+    variation_batch_size: int = option("Source images per pipeline call.", 8)
+    variation_shard_size: int | None = option("Source rows per resumable shard (default 64 x variation_batch_size).")
+    overlap: bool = option("Decode, post-process and write on CPU threads while the GPU denoises (same bytes).", True)
+    part_index: int = option("Run only this part of num_parts (one part per machine when machines share no storage; "
                             "gather the parts with hbg.merge_variation_shards).", 0)
-    num_parts: int = _help("Number of parts the shards are split into (see part_index).", 1)
-    streaming: bool = _help("Read the training split with load_dataset(..., streaming=True), for data too large to "
+    num_parts: int = option("Number of parts the shards are split into (see part_index).", 1)
+    streaming: bool = option("Read the training split with load_dataset(..., streaming=True), for data too large to "
                             "download first (no poisoning, resizing or subsets then).", False)
-    push_to_hub: str | None = _help("A Hub dataset repo: push each shard there as parquet as soon as it is finished.")
-    hub_private: bool = _help("Create the push_to_hub repository as private.", False)
-    output_dir: str | None = _help("Where the variations are written (default RUN_DIR/variations); a rerun resumes.")
+    push_to_hub: str | None = option("A Hub dataset repo: push each shard there as parquet as soon as it is finished.")
+    hub_private: bool = option("Create the push_to_hub repository as private.", False)
+    output_dir: str | None = option("Where the variations are written (default RUN_DIR/variations); a rerun resumes.")
 
     def __post_init__(self):
-        self.speed = _none(self.speed)
-        self.push_to_hub = _none(self.push_to_hub)
+        self.speed = none_if_blank(self.speed)
+        self.push_to_hub = none_if_blank(self.push_to_hub)
         for name in ("variation_batch_size", "num_variations", "num_parts"):
             check_int(name, getattr(self, name))
         check_int("part_index", self.part_index, minimum=0, maximum=self.num_parts - 1)
@@ -261,11 +178,11 @@ class VariationArguments:
 class StudentArguments:
     """What the student learns from."""
 
-    teacher_model_name_or_path: str | None = _help("The teacher, a folder or Hub id (default RUN_DIR/teacher).")
-    variations_dataset: str | None = _help("The variations: a save_to_disk folder (default RUN_DIR/variations) or a "
+    teacher_model_name_or_path: str | None = option("The teacher, a folder or Hub id (default RUN_DIR/teacher).")
+    variations_dataset: str | None = option("The variations: a save_to_disk folder (default RUN_DIR/variations) or a "
                                            "Hub dataset id.")
-    variations_split: str = _help("Split of a Hub variations dataset.", "train")
-    cache_teacher_logits: bool = _help("Run the teacher once over the variations and train on cached logits (needs "
+    variations_split: str = option("Split of a Hub variations dataset.", "train")
+    cache_teacher_logits: bool = option("Run the teacher once over the variations and train on cached logits (needs "
                                        "--augment false: cached logits belong to the unaugmented images).", False)
 
 
@@ -273,11 +190,11 @@ class StudentArguments:
 class EvaluateArguments:
     """What evaluate_backdoor.py measures and where it writes."""
 
-    eval_model: str | None = _help("The classifier to measure, a folder or Hub id (default RUN_DIR/student).")
-    eval_attacks: list[str] | None = _help("Attacks to measure, each a spec as for --attack (default: the config's "
+    eval_model: str | None = option("The classifier to measure, a folder or Hub id (default RUN_DIR/student).")
+    eval_attacks: list[str] | None = option("Attacks to measure, each a spec as for --attack (default: the config's "
                                            "attack); in YAML a list of names, specs or mappings.")
-    metrics_file: str | None = _help("Metrics JSON to write (default RUN_DIR/<model folder>_metrics.json).")
-    eval_batch_size: int = _help("Images per forward pass.", 64)
+    metrics_file: str | None = option("Metrics JSON to write (default RUN_DIR/<model folder>_metrics.json).")
+    eval_batch_size: int = option("Images per forward pass.", 64)
 
     def __post_init__(self):
         from hf_backdoor_guard.attacks.specs import attack_keys
@@ -299,53 +216,39 @@ def _all_options() -> set[str]:
 # --------------------------------------------------------------------------------------
 # Parsing: HfArgumentParser with --config, as trl's scripts do
 # --------------------------------------------------------------------------------------
-def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The mapping of options in a YAML (or JSON, which YAML reads too) file."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"--config {path} does not exist.")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"--config {path} is not valid YAML: {error}") from error
-    if not isinstance(values, dict):
-        raise ValueError(f"--config {path} must hold a mapping of option: value, got {type(values).__name__}.")
-    unknown = sorted(set(values) - _all_options())
-    if unknown:
-        raise ValueError(f"Unknown option(s) {unknown} in {path}: no recipe takes them (a typo?).")
+def check_recipe_config(values: dict[str, Any], path) -> None:
+    """What a config shared by every script must not hold."""
     if "output_dir" in values:  # teacher, variations and student would all write to (and resume from) one folder
         raise ValueError(f"output_dir in {path} would be the folder of every script; leave it to run_dir, or pass "
                          "--output_dir to one script.")
     if values.get("overwrite"):  # every script would replace its output at every run
         raise ValueError(f"overwrite in {path} would replace every script's output at each run; pass --overwrite "
                          "to the one script whose output should be made again.")
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping of options in a YAML (or JSON) config file shared by every script."""
+    values = read_config_file(path)
+    check_option_names(values, _all_options(), f"config file {path} (no recipe takes them: a typo?)")
+    check_recipe_config(values, path)
     return values
 
 
 def parse_arguments(types: tuple, argv: list[str] | None = None, *, run_paths: dict[str, str] | None = None,
                     description: str | None = None) -> tuple:
-    """Parse ``[--config FILE] [--option value ...]`` into instances of ``types`` (dataclasses, in order).
+    """Parse ``[--config FILE] [--option value ...]`` into instances of ``types`` (dataclasses, in order), with
+    the library's one front end (:func:`hf_backdoor_guard.arguments.parse_arguments`).
 
     Precedence, lowest first: the dataclass defaults, ``run_paths`` (option -> folder name
     under ``run_dir``, see :meth:`RunArguments.path`), the config file, the command line.
+    A config key that no script takes is an error; one that another script takes is ignored.
     """
-    from transformers import HfArgumentParser
+    def run_defaults(namespace, _values) -> dict[str, str]:  # the default paths derive from run_dir and run_variant
+        run = RunArguments(run_dir=namespace.run_dir, run_variant=namespace.run_variant)
+        return {key: run.path(name) for key, name in (run_paths or {}).items()}
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(types, description=description)
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML or JSON file of options; flags override it.")
-    config_file = parser.parse_known_args(argv)[0].config  # --help prints every option and exits here
-    values = read_config(config_file) if config_file else {}
-    own = {f.name for cls in types for f in dataclasses.fields(cls) if f.init}
-    parser.set_defaults(**{key: value for key, value in values.items() if key in own})
-    if run_paths:  # read run_dir and run_variant (config or flags) first: the default paths derive from them
-        seen = vars(parser.parse_known_args(argv)[0])
-        run = RunArguments(run_dir=seen["run_dir"], run_variant=seen["run_variant"])
-        parser.set_defaults(**{key: run.path(name) for key, name in run_paths.items() if key not in values})
-    *parsed, _config = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)  # + a Namespace(config)
-    return tuple(parsed)
+    return parse_option_groups(types, argv, description=description, known=_all_options(),
+                               check=check_recipe_config, defaults=run_defaults if run_paths else None)
 
 
 def setup_logging(run: RunArguments, main_process: bool = True) -> None:
@@ -421,23 +324,29 @@ def _standard_columns(ds, data: DataArguments):
 def load_splits(data: DataArguments, poison: PoisonArguments | None = None, *, train: bool = True,
                 evaluation: bool = True):
     """``(train, eval)``: the splits with columns ``image`` and ``label``, subset and resized; ``train``
-    poisoned when ``poison`` has an attack and a rate > 0 (the same rows every time: seeded). A split
-    not asked for, or an evaluation split the dataset does not have, is None."""
-    from hf_backdoor_guard.data import (
-        load_image_splits,
-        resize_images,
-        stratified_subset,
-    )
+    poisoned when ``poison`` has an attack and a rate > 0 (the same rows every time: seeded). Without an
+    evaluation split, ``data.train_val_split`` of the training rows is held out for it (stratified, seeded:
+    every script holds out the same rows), as ``defend`` does. A split not asked for is None."""
+    from hf_backdoor_guard.data import held_out_rows, load_image_splits, resize_images, stratified_subset
 
+    seed = RECIPE_SEED if data.subset_seed is None else data.subset_seed
     train_ds, eval_ds = load_image_splits(
         data.dataset_name, data.train_split, data.eval_split, data_dir=data.data_dir,
         config_name=data.dataset_config_name, revision=data.dataset_revision, image_column=data.image_column_name,
         label_column=data.label_column_name, option="dataset_name")
+    train_ds = _standard_columns(train_ds, data)
+    if eval_ds is None:
+        kept, held_out, _ = held_out_rows(train_ds, data.train_val_split, seed)
+        logger.info("No evaluation split: %d of %d training rows held out for evaluation (--train_val_split %g).",
+                    len(held_out), len(train_ds), data.train_val_split)
+        train_ds, eval_ds = train_ds.select(kept), train_ds.select(held_out)
+    else:
+        eval_ds = _standard_columns(eval_ds, data)
     splits = []
     for ds, rows in ((train_ds if train else None, data.max_train_samples),
                      (eval_ds if evaluation else None, data.max_eval_samples)):
         if ds is not None:
-            ds = stratified_subset(_standard_columns(ds, data), rows, data.subset_seed)  # subset first: resize less
+            ds = stratified_subset(ds, rows, seed)  # subset first: resize less
             if data.resize_images:
                 ds = resize_images(ds, data.resize_images)
         splits.append(ds)
@@ -445,8 +354,9 @@ def load_splits(data: DataArguments, poison: PoisonArguments | None = None, *, t
     if splits[0] is not None and attack is not None and poison.poison_rate > 0:
         from hf_backdoor_guard.poisoning import poison_dataset
 
+        poison_seed = RECIPE_SEED if poison.poison_seed is None else poison.poison_seed
         splits[0] = poison_dataset(splits[0], attack, target_label=poison.target_label, rate=poison.poison_rate,
-                                   seed=poison.poison_seed, poison_target_class=poison.poison_target_class)
+                                   seed=poison_seed, poison_target_class=poison.poison_target_class)
         logger.info("Poisoned %d of %d training rows with %r (target %d)", sum(splits[0]["poisoned"]),
                     len(splits[0]), attack, poison.target_label)
     return tuple(splits)

@@ -18,7 +18,7 @@ from hf_backdoor_guard.defenses.leaderboard import ENTRY_KEYS, leaderboard_table
 from hf_backdoor_guard.outputs import MARKER
 from hf_backdoor_guard.benchmark.compare import row_names, run_compare
 
-TINY = dict(train_rows=120, test_rows=60, teacher_epochs=3, student_epochs=3,
+TINY = dict(max_train_samples=120, max_eval_samples=60, num_train_epochs=3, student_epochs=3,
             variation_options={"num_inference_steps": 4, "num_variations": 1})
 ROWS = ["fine_pruning", "spectral", "purification", "activation_clustering_tuned"]
 
@@ -107,7 +107,7 @@ def test_a_rerun_reuses_every_finished_row_and_changed_settings_are_refused_befo
     assert all(line.endswith("(finished earlier)") for line in lines[3:]) and len(lines) == 3 + len(ROWS)
     _no_data(monkeypatch)
     with pytest.raises(ValueError, match="'teacher' made with other settings .num_train_epochs: was 3.0, now 4.0"):
-        run_compare("badnets", 3, out, defenses=ROWS, **dict(TINY, teacher_epochs=4))
+        run_compare("badnets", 3, out, defenses=ROWS, **dict(TINY, num_train_epochs=4))
     from hf_backdoor_guard.defenses import compare as defenses_compare
 
     monkeypatch.setitem(defenses_compare.EMBEDDED_BENCHMARK_OPTIONS, "activation_clustering", {"num_dims": 3})
@@ -132,7 +132,7 @@ def test_every_registered_defense_is_a_row_and_the_tuned_rows_are_separate():
                                      r"'student_cleaned', 'abl', 'fine_pruning'")),
     ({"defenses": "abl,bogus"}, r"Unknown defense\(s\) \['bogus'\]"),
     ({"seed": -1}, "seed"),
-    ({"epochs": 3}, r"Unknown option\(s\) \['epochs'\]"),
+    ({"epochs": 3}, r"unknown option\(s\) \['epochs'\]"),
     ({"train_rows": 5}, "train_rows"),
 ])
 def test_bad_input_is_refused_before_work(tmp_path, monkeypatch, kwargs, message):
@@ -184,7 +184,7 @@ def test_all_attacks_write_one_leaderboard_each_and_one_with_every_attack(tmp_pa
 
     monkeypatch.setattr(demo, "attack_names", lambda: ("badnets", "sig"))
     out = tmp_path / "all"
-    quick = dict(TINY, train_rows=40, test_rows=20, teacher_epochs=1, student_epochs=1)
+    quick = dict(TINY, max_train_samples=40, max_eval_samples=20, num_train_epochs=1, student_epochs=1)
     board = run_compare("all", 1, out, defenses=["nad"], **quick)
     assert list(board) == ["seed", "attacks"] and list(board["attacks"]) == ["badnets", "sig"]
     assert json.loads((out / "leaderboard.json").read_text()) == board

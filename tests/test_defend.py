@@ -72,7 +72,7 @@ def defended(poisoned_folder, start_model, tmp_path_factory):
         from hf_backdoor_guard import hub
 
         patch.setattr(hub, "HfApi", RecordingHfApi)  # where the upload looks it up, whatever was imported first
-        code = main(["defend", "--dataset", "imagefolder", "--data-dir", str(poisoned_folder), "--model",
+        code = main(["defend", "--dataset_name", "imagefolder", "--data-dir", str(poisoned_folder), "--model_name_or_path",
                      str(start_model), "--diffusion-model", "embedded", "--output-dir", str(out), "--config",
                      str(config), "--seed", "0", "--push-to-hub", "me/digits-robust"])
     assert code == 0
@@ -129,7 +129,7 @@ def test_defend_writes_model_cleaned_detection_and_report(defended, poisoned_fol
 def test_rerun_skips_finished_stages_and_refuses_other_settings(defended, poisoned_folder, start_model, caplog):
     import logging
 
-    args = ["defend", "--dataset", "imagefolder", "--data-dir", str(poisoned_folder), "--model", str(start_model),
+    args = ["defend", "--dataset_name", "imagefolder", "--data-dir", str(poisoned_folder), "--model_name_or_path", str(start_model),
             "--diffusion-model", "embedded", "--output-dir", str(defended), "--config",
             str(defended.parent / "quick.yaml"), "--seed", "0"]  # no --push-to-hub: it decides no stage
     before = json.loads((defended / "stages" / "stages.json").read_text())
@@ -144,16 +144,16 @@ def test_rerun_skips_finished_stages_and_refuses_other_settings(defended, poison
 
 
 def _defend(tmp_path, *extra: str) -> int:
-    return main(["defend", "--diffusion-model", "embedded", "--model", "small-resnet",
+    return main(["defend", "--diffusion-model", "embedded", "--model_name_or_path", "small-resnet",
                  "--output-dir", str(tmp_path / "out"), *extra])
 
 
 def test_missing_columns_list_what_the_dataset_has(tmp_path, poisoned_folder, caplog):
-    assert _defend(tmp_path, "--dataset", "imagefolder", "--data-dir", str(poisoned_folder),
-                   "--label-column", "digit") == 2
+    assert _defend(tmp_path, "--dataset_name", "imagefolder", "--data-dir", str(poisoned_folder),
+                   "--label_column_name", "digit") == 2
     assert "Label column 'digit' not found; the dataset has columns ['image', 'label']" in caplog.text
-    assert _defend(tmp_path, "--dataset", "imagefolder", "--data-dir", str(poisoned_folder),
-                   "--split", "training") == 2
+    assert _defend(tmp_path, "--dataset_name", "imagefolder", "--data-dir", str(poisoned_folder),
+                   "--train_split", "training") == 2
     assert "has no split 'training'; its splits are ['train', 'test']" in caplog.text
     assert not (tmp_path / "out").exists()
 
@@ -162,7 +162,7 @@ def test_unsupported_diffusion_pipeline_names_the_supported_families(tmp_path, p
     folder = tmp_path / "sdxl"
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    assert main(["defend", "--dataset", "imagefolder", "--data-dir", str(poisoned_folder), "--model", "small-resnet",
+    assert main(["defend", "--dataset_name", "imagefolder", "--data-dir", str(poisoned_folder), "--model_name_or_path", "small-resnet",
                  "--diffusion-model", str(folder), "--output-dir", str(tmp_path / "out")]) == 2
     assert "Unsupported pipeline class StableDiffusionXLPipeline" in caplog.text
     assert "supported families" in caplog.text and "sd-image-variation" in caplog.text.lower().replace(" ", "-")
@@ -174,7 +174,7 @@ def test_default_diffusion_model_without_a_gpu_says_what_it_needs(tmp_path, pois
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert main(["defend", "--dataset", "imagefolder", "--data-dir", str(poisoned_folder), "--model", "small-resnet",
+    assert main(["defend", "--dataset_name", "imagefolder", "--data-dir", str(poisoned_folder), "--model_name_or_path", "small-resnet",
                  "--output-dir", str(tmp_path / "out")]) == 2
     assert "lambdalabs/sd-image-variations-diffusers" in caplog.text and "needs a CUDA GPU" in caplog.text
     assert "--diffusion-model embedded" in caplog.text
@@ -185,22 +185,22 @@ def test_output_dir_with_user_files_is_refused_and_untouched(tmp_path, poisoned_
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert _defend(tmp_path, "--dataset", "imagefolder", "--data-dir", str(poisoned_folder)) == 2
+    assert _defend(tmp_path, "--dataset_name", "imagefolder", "--data-dir", str(poisoned_folder)) == 2
     assert "not empty" in caplog.text
     assert [path.name for path in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--dataset", "imagefolder"], "needs a data folder"),
-    (["--dataset", "imagefolder", "--data-dir", "DATA", "--seed", "-1"], "seed must be an int"),
-    (["--dataset", "imagefolder", "--data-dir", "DATA", "--model", "resnet18"], "neither an architecture"),
-    (["--dataset", "imagefolder", "--data-dir", "DATA", "--alpha", "nan"], "alpha must lie in"),
-    (["--dataset", "imagefolder", "--data-dir", "DATA", "--student-learning-rate", "nan"],
+    (["--dataset_name", "imagefolder"], "needs a data folder"),
+    (["--dataset_name", "imagefolder", "--data-dir", "DATA", "--seed", "-1"], "seed must be an int"),
+    (["--dataset_name", "imagefolder", "--data-dir", "DATA", "--model_name_or_path", "resnet18"], "neither an architecture"),
+    (["--dataset_name", "imagefolder", "--data-dir", "DATA", "--alpha", "nan"], "alpha must lie in"),
+    (["--dataset_name", "imagefolder", "--data-dir", "DATA", "--student-learning-rate", "nan"],
      "student_learning_rate must lie in (0, inf)"),
-    (["--dataset", "imagefolder", "--data-dir", "DATA", "--student-learning-rate", "0"],
+    (["--dataset_name", "imagefolder", "--data-dir", "DATA", "--student-learning-rate", "0"],
      "student_learning_rate must lie in (0, inf)"),
-    (["--dataset", "imagefolder", "--data-dir", "DATA", "--eval-split", "train"], "both 'train'"),
-    (["--dataset", "imagefolder", "--data-dir", "DATA", "--push-to-hub", "not a repo!"], "not a valid Hub"),
+    (["--dataset_name", "imagefolder", "--data-dir", "DATA", "--eval-split", "train"], "both 'train'"),
+    (["--dataset_name", "imagefolder", "--data-dir", "DATA", "--push-to-hub", "not a repo!"], "not a valid Hub"),
 ])
 def test_bad_options_fail_before_work(tmp_path, poisoned_folder, caplog, flags, words):
     flags = [str(poisoned_folder) if flag == "DATA" else flag for flag in flags]
@@ -211,9 +211,9 @@ def test_bad_options_fail_before_work(tmp_path, poisoned_folder, caplog, flags, 
 
 def test_config_file_with_unknown_keys_is_refused(tmp_path, caplog):
     config = tmp_path / "c.yaml"
-    config.write_text("dataset: imagefolder\nepochs: 3\n")
+    config.write_text("dataset_name: imagefolder\nepochs: 3\n")
     assert main(["defend", "--config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
-    assert "Unknown option(s) ['epochs']" in caplog.text
+    assert "unknown option(s) ['epochs']" in caplog.text
 
 
 def test_students_train_at_their_own_learning_rate(tmp_path):
@@ -225,7 +225,7 @@ def test_students_train_at_their_own_learning_rate(tmp_path):
     shared = Shared(data={}, teacher=None, processor=None, variations=None, detection={}, classifier={},
                     training=dict(batch_size=8, learning_rate=2e-3, weight_decay=1e-4, use_cpu=True), num_variations=3)
     run = RunFolder(tmp_path / "stages")
-    config = DefendConfig(dataset="x", learning_rate=2e-3, student_learning_rate=5e-4, student_epochs=9, seed=4,
+    config = DefendConfig(dataset_name="x", learning_rate=2e-3, student_learning_rate=5e-4, student_epochs=9, seed=4,
                           temperature=2.0)
     student = student_arguments(run, config, shared)
     assert (student.learning_rate, student.num_train_epochs, student.seed, student.temperature) == (5e-4, 3.0, 4, 2.0)
@@ -233,5 +233,5 @@ def test_students_train_at_their_own_learning_rate(tmp_path):
     assert baseline.learning_rate == 5e-4 and not hasattr(baseline, "temperature")
     changed = student_arguments(run, config, shared, seed=7, student_epochs=6, learning_rate=1e-3, weight_decay=0.0)
     assert (changed.learning_rate, changed.num_train_epochs, changed.seed, changed.weight_decay) == (1e-3, 2.0, 7, 0.0)
-    unset = student_arguments(run, DefendConfig(dataset="x", learning_rate=3e-3, num_train_epochs=6), shared)
+    unset = student_arguments(run, DefendConfig(dataset_name="x", learning_rate=3e-3, num_train_epochs=6), shared)
     assert (unset.learning_rate, unset.num_train_epochs) == (3e-3, 2.0)  # the teacher's rate and epochs

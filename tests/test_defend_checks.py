@@ -38,7 +38,7 @@ def digits(tmp_path_factory):
 
 def _defend(tmp_path, digits, *extra: str) -> int:
     # --num-train-epochs 1 keeps the code these tests guard against (which refused only mid-run) quick to fail.
-    return main(["defend", "--dataset", "imagefolder", "--data-dir", str(digits), "--model", "small-resnet",
+    return main(["defend", "--dataset_name", "imagefolder", "--data-dir", str(digits), "--model_name_or_path", "small-resnet",
                  "--diffusion-model", "embedded", "--num-train-epochs", "1", "--output-dir", str(tmp_path / "out"),
                  *extra])
 
@@ -64,12 +64,12 @@ def test_variation_options_are_checked_before_work(tmp_path, digits, caplog, opt
 
 
 def test_variation_options_that_image_variation_takes_are_accepted():
-    config = DefendConfig(dataset="x", diffusion_model="embedded", variation_options={
+    config = DefendConfig(dataset_name="x", diffusion_model="embedded", variation_options={
         "num_variations": 2, "num_inference_steps": 10, "strength": 0.6, "stochastic": True, "speed": "fast",
         "color_transfer": False, "dtype": "float32"})
     assert config.variation_options["num_variations"] == 2
     with pytest.raises(ValueError, match="variation option 'stochastic' applies with --diffusion-model embedded"):
-        DefendConfig(dataset="x", diffusion_model="some/pipeline", variation_options={"stochastic": True})
+        DefendConfig(dataset_name="x", diffusion_model="some/pipeline", variation_options={"stochastic": True})
 
 
 def test_variation_option_names_are_those_image_variation_accepts():
@@ -87,11 +87,11 @@ def test_variation_option_names_are_those_image_variation_accepts():
 # --- 2. numbers in the config file -------------------------------------------------------------
 def test_config_file_reads_exponent_floats_as_numbers(tmp_path):
     path = _config(tmp_path, "learning_rate: 1e-3\nweight_decay: 2E-4\nstudent_learning_rate: 5.0e-4\n"
-                             "batch_size: 16\nvariation_options: {strength: 5e-1}\ndiffusion_model: embedded\n")
+                             "per_device_train_batch_size: 16\nvariation_options: {strength: 5e-1}\ndiffusion_model: embedded\n")
     values = read_config_file(path)
-    assert values["learning_rate"] == 1e-3 and values["weight_decay"] == 2e-4 and values["batch_size"] == 16
-    assert isinstance(values["batch_size"], int) and values["variation_options"] == {"strength": 0.5}
-    config = DefendConfig.from_sources(path, dataset="x")
+    assert values["learning_rate"] == 1e-3 and values["weight_decay"] == 2e-4 and values["per_device_train_batch_size"] == 16
+    assert isinstance(values["per_device_train_batch_size"], int) and values["variation_options"] == {"strength": 0.5}
+    config = DefendConfig.from_sources(path, dataset_name="x")
     assert (config.learning_rate, config.weight_decay, config.student_learning_rate) == (1e-3, 2e-4, 5e-4)
 
 
@@ -120,13 +120,13 @@ def test_detection_budget_of_one_is_refused(tmp_path, digits, caplog):
     assert "detection_budget must lie in (0, 1)" in caplog.text and "a budget of 1 flags every row" in caplog.text
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match=r"detection_budget must lie in \(0, 1\)"):
-        DefendConfig(dataset="x", detection_budget=0.0)
-    assert DefendConfig(dataset="x", detection_budget=0.2).detection_budget == 0.2
+        DefendConfig(dataset_name="x", detection_budget=0.0)
+    assert DefendConfig(dataset_name="x", detection_budget=0.2).detection_budget == 0.2
 
 
 # --- 7. train_val_split ------------------------------------------------------------------------
 def test_train_val_split_is_an_option_of_the_data_stage(tmp_path, digits, caplog):
-    assert DefendConfig(dataset="x").train_val_split == 0.15
+    assert DefendConfig(dataset_name="x").train_val_split == 0.15
     assert "train_val_split" in STAGE_OPTIONS["data"]
     for value in ("1", "0"):
         assert _defend(tmp_path, digits, "--train-val-split", value) == 2
@@ -152,7 +152,7 @@ def test_model_folder_with_pickle_weights_only_is_refused(tmp_path, digits, mode
     state = {name: tensor.clone() for name, tensor in tiny_resnet(num_labels=10)[0].state_dict().items()}
     (model_folder / "model.safetensors").unlink()
     torch.save(state, model_folder / "pytorch_model.bin")
-    assert _defend(tmp_path, digits, "--model", str(model_folder)) == 2
+    assert _defend(tmp_path, digits, "--model_name_or_path", str(model_folder)) == 2
     assert f"model '{model_folder}' holds its weights only as pickle (pytorch_model.bin)" in caplog.text
     assert "loads safetensors only" in caplog.text and "model.save_pretrained(folder)" in caplog.text
     assert not (tmp_path / "out").exists()
@@ -160,7 +160,7 @@ def test_model_folder_with_pickle_weights_only_is_refused(tmp_path, digits, mode
 
 def test_model_folder_without_weights_is_refused_before_work(tmp_path, digits, model_folder, caplog):
     (model_folder / "model.safetensors").unlink()
-    assert _defend(tmp_path, digits, "--model", str(model_folder)) == 2
+    assert _defend(tmp_path, digits, "--model_name_or_path", str(model_folder)) == 2
     assert f"model '{model_folder}' holds no weights: there is no *.safetensors file" in caplog.text
     assert not (tmp_path / "out").exists()
 
@@ -178,14 +178,14 @@ def _lie(path: Path, how: str) -> None:
 @pytest.mark.parametrize("how", ["truncated", "header longer than the file", "garbage"])
 def test_model_folder_with_a_lying_safetensors_header_is_refused(tmp_path, digits, model_folder, caplog, how):
     _lie(model_folder / "model.safetensors", how)
-    assert _defend(tmp_path, digits, "--model", str(model_folder)) == 2
+    assert _defend(tmp_path, digits, "--model_name_or_path", str(model_folder)) == 2
     assert f"{model_folder / 'model.safetensors'} is not a readable safetensors file" in caplog.text
     assert not (tmp_path / "out").exists()
 
 
 def test_model_folder_without_an_image_processor_is_refused_before_work(tmp_path, digits, model_folder, caplog):
     (model_folder / "preprocessor_config.json").unlink()
-    assert _defend(tmp_path, digits, "--model", str(model_folder)) == 2
+    assert _defend(tmp_path, digits, "--model_name_or_path", str(model_folder)) == 2
     assert "has no image processor (there is no preprocessor_config.json)" in caplog.text
     assert not (tmp_path / "out").exists()
 
@@ -218,7 +218,7 @@ def custom_code_folder(tmp_path):
 def test_model_whose_processor_needs_custom_code_is_refused_before_work(tmp_path, digits, custom_code_folder,
                                                                         caplog):
     folder, ran = custom_code_folder
-    assert _defend(tmp_path, digits, "--model", str(folder)) == 2
+    assert _defend(tmp_path, digits, "--model_name_or_path", str(folder)) == 2
     assert "its image processor is refused" in caplog.text and "would run on load" in caplog.text
     assert "custom_processing.CustomImageProcessor" in caplog.text and "trust_remote_code=False" in caplog.text
     assert "no preprocessor_config.json" not in caplog.text and "no image processor" not in caplog.text
@@ -248,7 +248,7 @@ def test_saved_pipeline_folders_pass_the_checks(tmp_path):
     from hf_backdoor_guard.pipeline.config import check_pipeline_weights
 
     for family in ("ddim", "sd-image-variation"):  # a diffusers UNet alone; with transformers encoders
-        check_diffusion_model(DefendConfig(dataset="x", diffusion_model=str(_save_pipeline(tmp_path, family))))
+        check_diffusion_model(DefendConfig(dataset_name="x", diffusion_model=str(_save_pipeline(tmp_path, family))))
     check_pipeline_weights(EMBEDDED_DIFFUSION_DIR)  # the shipped model, in fp16 safetensors
 
 
@@ -281,4 +281,24 @@ def test_pipeline_folder_missing_a_listed_component_is_refused(tmp_path):
     folder = _save_pipeline(tmp_path)
     shutil.rmtree(folder / "unet")
     with pytest.raises(ValueError, match="model_index.json lists the component 'unet', but there is no"):
-        check_diffusion_model(DefendConfig(dataset="x", diffusion_model=str(folder)))
+        check_diffusion_model(DefendConfig(dataset_name="x", diffusion_model=str(folder)))
+
+
+# --- the shared data and attack options ---------------------------------------------------------
+def test_defend_reads_the_shared_data_and_attack_options(tmp_path, digits):
+    """resize_images, subset_seed, poison_seed and an attack spec, which defend gained from the recipes'
+    dataclasses, change what prepare hands the stages (no stage runs here)."""
+    from hf_backdoor_guard.pipeline.defend import prepare
+
+    def inputs(**options):
+        config = DefendConfig(dataset_name="imagefolder", data_dir=str(digits), model_name_or_path="small-resnet",
+                              diffusion_model="embedded", output_dir=str(tmp_path / "out"), max_train_samples=40,
+                              **options)
+        return prepare(config)
+
+    plain = inputs()
+    resized = inputs(resize_images=12, attack="badnets:size=2", poison_seed=5)
+    assert {image.size for image in resized.train["image"]} == {(12, 12)} != {image.size for image in plain.train["image"]}
+    assert resized.attack.config()["size"] == 2 and resized.poison_kwargs["seed"] == 5
+    other_rows = inputs(subset_seed=7)
+    assert other_rows.source_rows != plain.source_rows and len(other_rows.source_rows) == 40

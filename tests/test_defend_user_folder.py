@@ -41,7 +41,7 @@ def quick(tmp_path) -> Path:
 
 
 def defend(data: Path, out: Path, config: Path, *extra: str) -> int:
-    return main(["defend", "--dataset", "imagefolder", "--data-dir", str(data), "--model", "small-resnet",
+    return main(["defend", "--dataset_name", "imagefolder", "--data-dir", str(data), "--model_name_or_path", "small-resnet",
                  "--diffusion-model", "embedded", "--output-dir", str(out), "--config", str(config), *extra])
 
 
@@ -196,7 +196,7 @@ def _saved(tmp_path: Path, train_labels, eval_labels, *, none_image_row: int | N
 
 
 def _defend_saved(folder: Path, out: Path, config: Path) -> int:
-    return main(["defend", "--dataset", str(folder), "--model", "small-resnet", "--diffusion-model", "embedded",
+    return main(["defend", "--dataset_name", str(folder), "--model_name_or_path", "small-resnet", "--diffusion-model", "embedded",
                  "--output-dir", str(out), "--config", str(config)])
 
 
@@ -312,7 +312,7 @@ def test_a_defend_killed_at_random_points_ends_as_an_uninterrupted_run(tmp_path,
 def test_compare_overwrite_waits_for_the_lock_and_keeps_user_files(tmp_path, caplog):
     from hf_backdoor_guard.benchmark.compare import run_compare
 
-    tiny = dict(train_rows=120, test_rows=40, teacher_epochs=1, student_epochs=1,
+    tiny = dict(max_train_samples=120, max_eval_samples=40, num_train_epochs=1, student_epochs=1,
                 variation_options={"num_inference_steps": 2, "num_variations": 1})
     out = tmp_path / "compare"
     run_compare("badnets", 0, out, defenses=["fine_pruning"], **tiny)
@@ -326,7 +326,7 @@ def test_compare_overwrite_waits_for_the_lock_and_keeps_user_files(tmp_path, cap
         holder.kill()
         holder.wait()
     assert "is in use by another" in caplog.text and tree(out / "defenses") == before
-    run_compare("badnets", 0, out, defenses=["fine_pruning"], overwrite=True, **{**tiny, "teacher_epochs": 2})
+    run_compare("badnets", 0, out, defenses=["fine_pruning"], overwrite=True, **{**tiny, "num_train_epochs": 2})
     assert (out / "defenses" / "notes.txt").read_text() == "mine"
     assert (out / "method" / "stages" / "notes.txt").read_text() == "mine too"
     teacher = json.loads((out / "method" / "stages" / "stages.json").read_text())["teacher"]
@@ -338,8 +338,8 @@ def test_a_folder_in_use_is_one_line_and_exit_1_with_the_traceback_only_under_de
     out = tmp_path / "out"
     out.mkdir()
     holder = _hold_lock(out, tmp_path / "ready")
-    command = [sys.executable, "-m", "hf_backdoor_guard.cli", "defend", "--dataset", "imagefolder", "--data-dir",
-               str(data), "--model", "small-resnet", "--diffusion-model", "embedded", "--output-dir", str(out),
+    command = [sys.executable, "-m", "hf_backdoor_guard.cli", "defend", "--dataset_name", "imagefolder", "--data-dir",
+               str(data), "--model_name_or_path", "small-resnet", "--diffusion-model", "embedded", "--output-dir", str(out),
                "--num-train-epochs", "1"]
     try:
         plain = subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -11,7 +11,7 @@ from hf_backdoor_guard.benchmark.demo import REPORT_FILES, run_demo
 from hf_backdoor_guard.outputs import MARKER
 from hf_backdoor_guard.pipeline.defend import OUTPUT_NAMES
 
-QUICK = dict(train_rows=120, test_rows=60, teacher_epochs=3, student_epochs=3,
+QUICK = dict(max_train_samples=120, max_eval_samples=60, num_train_epochs=3, student_epochs=3,
              variation_options={"num_inference_steps": 4, "num_variations": 1})
 
 
@@ -101,7 +101,7 @@ def test_all_attacks_write_one_folder_each_and_a_summary(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo, "attack_names", lambda: ("badnets", "sig"))
     out = tmp_path / "all"
-    quick = dict(QUICK, train_rows=60, test_rows=40, teacher_epochs=1, student_epochs=1)
+    quick = dict(QUICK, max_train_samples=60, max_eval_samples=40, num_train_epochs=1, student_epochs=1)
     summary = run_demo("all", out, seed=1, **quick)
     assert list(summary["attacks"]) == ["badnets", "sig"]
     for name, metrics in summary["attacks"].items():
@@ -124,7 +124,7 @@ def test_all_attacks_write_one_folder_each_and_a_summary(tmp_path, monkeypatch):
     "kwargs, word",
     [({"attack": "trojan"}, "attack"), ({"seed": "0"}, "seed"), ({"train_rows": 5}, "train_rows"),
      ({"temperature": 0}, "temperature"), ({"teacher_logits": "max"}, "teacher_logits"),
-     ({"epochs": 3}, "Unknown demo option")],
+     ({"epochs": 3}, "unknown option")],
 )
 def test_bad_options_raise_before_work(tmp_path, kwargs, word):
     kwargs = {"attack": "badnets", **kwargs}

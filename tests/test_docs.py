@@ -41,7 +41,7 @@ def test_the_demo_settings_quoted_in_the_readme_are_the_codes(readme):
             f"{_number(variations['strength'])} and denoised in {variations['num_inference_steps']} DDIM steps") in readme
     settings = DemoSettings()
     assert (f"temperature {_number(settings.temperature)}), {_number(settings.student_epochs)} epochs at learning rate "
-            f"{_number(settings.student_learning_rate)}, where the teacher trains {_number(settings.teacher_epochs)} "
+            f"{_number(settings.student_learning_rate)}, where the teacher trains {_number(settings.num_train_epochs)} "
             f"at {_number(settings.learning_rate)}") in readme
     assert settings.alpha == 1.0 and "alpha 1.0 (soft labels only" in readme
     fast = EMBEDDED_SPEED_PRESETS["fast"]["num_inference_steps"]
@@ -60,4 +60,4 @@ def test_the_library_and_defend_defaults_quoted_in_the_readme_are_the_codes(read
             f"temperature {_number(_default(paper, 'temperature'))}") in readme
     assert (f"`defend` on your own data uses alpha {_number(_default(DefendConfig, 'alpha'))} and temperature "
             f"{_number(_default(DefendConfig, 'temperature'))}") in readme
-    assert f"{_default(DefendConfig, 'train_val_split'):.0%} of the training rows (`--train-val-split`)" in readme
+    assert f"{_default(DefendConfig, 'train_val_split'):.0%} of the training rows (`--train_val_split`)" in readme

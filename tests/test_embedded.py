@@ -96,7 +96,7 @@ def test_embedded_variations_remove_a_badnets_patch_and_keep_the_digit(digits):
 def test_recipe_trains_a_few_steps_and_writes_loadable_weights(tmp_path):
     recipe = _load_recipe()
     out = tmp_path / "ddpm"
-    recipe.main(["--output_dir", str(out), "--max_steps", "3", "--batch_size", "8", "--block_out_channels",
+    recipe.main(["--output_dir", str(out), "--max_steps", "3", "--per_device_train_batch_size", "8", "--block_out_channels",
                  "16,32", "--warmup_steps", "1", "--log_every", "1"])
     record = json.loads((out / "training_args.json").read_text())
     assert record["max_steps"] == 3 and np.isfinite(record["final_loss"])

@@ -272,11 +272,11 @@ def test_recipe_trains_on_the_fashion_pretrain_split_at_28px(tmp_path):
     # the default splits need 15,000 training and 2,000 test images
     folder = _write_folder(tmp_path / "data", _fake_arrays(15_000, 2_000), gz=False)
     out = tmp_path / "ddpm"
-    _load_recipe().main(["--dataset", "fashion-mnist", "--data_path", str(folder), "--output_dir", str(out),
-                         "--max_steps", "2", "--batch_size", "4", "--block_out_channels", "16,32,32",
+    _load_recipe().main(["--benchmark", "fashion-mnist", "--data_dir", str(folder), "--output_dir", str(out),
+                         "--max_steps", "2", "--per_device_train_batch_size", "4", "--block_out_channels", "16,32,32",
                          "--warmup_steps", "1", "--log_every", "1"])
     record = json.loads((out / "training_args.json").read_text())
-    assert record["dataset"] == "fashion-mnist" and record["image_size"] == 28 and np.isfinite(record["final_loss"])
+    assert record["benchmark"] == "fashion-mnist" and record["image_size"] == 28 and np.isfinite(record["final_loss"])
     assert json.loads((out / "unet" / "config.json").read_text())["sample_size"] == 28
     with safe_open(str(out / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as weights:
         assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {"F16"}
@@ -287,9 +287,9 @@ def test_recipe_trains_on_the_fashion_pretrain_split_at_28px(tmp_path):
 
 
 @pytest.mark.parametrize("options, words", [
-    (["--dataset", "fashion-mnist", "--image_size", "32"], "fashion-mnist images are 28 px"),
-    (["--dataset", "fashion-mnist", "--block_out_channels", "32,64,128,128"], "not divisible by 2\\*\\*3"),
-    (["--data_path", "somewhere"], "data_path is for fashion-mnist"),
+    (["--benchmark", "fashion-mnist", "--image_size", "32"], "fashion-mnist images are 28 px"),
+    (["--benchmark", "fashion-mnist", "--block_out_channels", "32,64,128,128"], "not divisible by 2\\*\\*3"),
+    (["--data_dir", "somewhere"], "data_dir is for fashion-mnist"),
 ])
 def test_recipe_refuses_options_that_do_not_fit_the_dataset(options, words):
     with pytest.raises(ValueError, match=words):
@@ -299,9 +299,9 @@ def test_recipe_refuses_options_that_do_not_fit_the_dataset(options, words):
 def test_recipe_defaults_per_dataset_keep_the_digits_ones():
     recipe = _load_recipe()
     digits = recipe.resolve_defaults(recipe.PretrainArguments())
-    assert (digits.dataset, digits.output_dir, digits.image_size) == (
+    assert (digits.benchmark, digits.output_dir, digits.image_size) == (
         "digits", "hf_backdoor_guard/embedded/digits_ddpm", 16)
-    fashion = recipe.resolve_defaults(recipe.PretrainArguments(dataset="fashion-mnist"))
+    fashion = recipe.resolve_defaults(recipe.PretrainArguments(benchmark="fashion-mnist"))
     assert (fashion.output_dir, fashion.image_size) == ("hf_backdoor_guard/embedded/fashion_mnist_ddpm", 28)
     with pytest.raises(SystemExit):  # argparse refuses an unknown world
-        recipe.main(["--dataset", "cifar10"])
+        recipe.main(["--benchmark", "cifar10"])

@@ -118,8 +118,8 @@ def test_builder_refuses_a_folder_without_config_or_processor(tmp_path):
 
 # --- two processes, a SIGKILL, and the resume ----------------------------------------------
 TINY = """\
-max_train_rows: 40
-max_eval_rows: 20
+max_train_samples: 40
+max_eval_samples: 20
 num_train_epochs: 1
 variation_options: {num_variations: 1, num_inference_steps: 10}
 variation_batch_size: 4
@@ -160,7 +160,7 @@ def test_two_processes_killed_mid_generation_resume_from_the_last_stage_and_shar
     data = write_digits_imagefolder(tmp_path / "data", train_rows=60, test_rows=40, poison_rate=0)
     (tmp_path / "tiny.yaml").write_text(TINY)
     out = tmp_path / "out"
-    args = ["--dataset", "imagefolder", "--data-dir", str(data), "--model", "small-resnet", "--diffusion-model",
+    args = ["--dataset_name", "imagefolder", "--data-dir", str(data), "--model_name_or_path", "small-resnet", "--diffusion-model",
             "embedded", "--attack", "badnets", "--output-dir", str(out), "--config", str(tmp_path / "tiny.yaml")]
     shards = out / "stages" / "variations"
     first = _torchrun(args, tmp_path / "first.log")

@@ -149,7 +149,7 @@ num_inference_steps: 2
 guidance_scale: 7.5
 variation_size: 32
 variation_batch_size: 3
-shard_size: 6
+variation_shard_size: 6
 alpha: 0.5
 temperature: 10.0
 eval_batch_size: 16
@@ -475,8 +475,8 @@ def test_configs_of_one_dataset_stay_in_step():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("learning_rat: 0.1\n", r"Unknown option\(s\) \['learning_rat'\]"),
-    ("extends: base.yaml\n", r"Unknown option\(s\) \['extends'\]"),
+    ("learning_rat: 0.1\n", r"unknown option\(s\) \['learning_rat'\] \(did you mean learning_rate\?\)"),
+    ("extends: base.yaml\n", r"unknown option\(s\) \['extends'\]"),
     ("attack: badnet\n", "Unknown attack 'badnet'"),
     ("attack: 'badnets:size'\n", "options must be 'key=value'"),
     ("- a\n- b\n", "must hold a mapping"),
@@ -536,6 +536,24 @@ def test_saved_dataset_with_renamed_column_resize_subset_and_poisoning(tmp_path)
         ra.load_splits(ra.DataArguments(dataset_name=str(tmp_path / "saved")))
     with pytest.raises(ValueError, match="needs a data folder"):
         ra.load_splits(ra.DataArguments(dataset_name="imagefolder"))
+
+
+def test_without_an_evaluation_split_the_same_rows_are_held_out_in_every_script(tmp_path):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(2)
+    images = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(40)]
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b"])})
+    DatasetDict(train=Dataset.from_dict({"image": images, "label": [i % 2 for i in range(40)]}, features=features)
+                ).save_to_disk(str(tmp_path / "only-train"))
+    data = ra.DataArguments(dataset_name=str(tmp_path / "only-train"), train_val_split=0.25)
+    train, held_out = ra.load_splits(data)
+    assert (len(train), len(held_out)) == (30, 10) and sorted(held_out["label"]) == [0] * 5 + [1] * 5
+    again, _ = ra.load_splits(data, evaluation=False)  # generate_variations reads the training rows only
+    pixels = [np.asarray(image).tobytes() for image in train["image"]]
+    assert [np.asarray(image).tobytes() for image in again["image"]] == pixels
+    assert not set(pixels) & {np.asarray(image).tobytes() for image in held_out["image"]}
 
 
 def test_new_resnet_from_scratch_through_the_shared_builder():

@@ -15,7 +15,7 @@ from tiny_pipelines import build_ddim  # noqa: E402
 from hf_backdoor_guard.benchmark import WORLDS, World, world  # noqa: E402
 from hf_backdoor_guard.cli import build_parser, main  # noqa: E402
 
-QUICK = dict(train_rows=40, test_rows=20, teacher_epochs=1, student_epochs=1,
+QUICK = dict(max_train_samples=40, max_eval_samples=20, num_train_epochs=1, student_epochs=1,
              variation_options={"num_inference_steps": 4, "num_variations": 1})
 
 
@@ -44,7 +44,7 @@ def test_a_world_whose_shipped_model_is_missing_is_refused_before_its_data_loads
         out = tmp_path / command
         assert main([command, "--benchmark", "fashion-mnist", "--output-dir", str(out)]) == 2
         assert "The shipped diffusion model 'fashion-mnist' is not in this copy of the package" in caplog.text
-        assert "--dataset fashion-mnist" in caplog.text and not out.exists()
+        assert "--benchmark fashion-mnist" in caplog.text and not out.exists()
 
 
 @pytest.fixture

@@ -142,13 +142,9 @@ def chosen_defenses(defenses: str | Sequence[str] | None) -> list[str]:
 
 
 def _settings(settings: dict):
-    from .demo import DemoSettings
+    from .demo import demo_preset
 
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(DemoSettings)})
-    if unknown:
-        raise ValueError(f"Unknown option(s) {unknown}; compare takes the demo's settings "
-                         f"{sorted(f.name for f in dataclasses.fields(DemoSettings))}.")
-    return DemoSettings(**settings)
+    return demo_preset(settings)
 
 
 def _method_config(attack: str, folder: Path, seed: int, settings, overwrite: bool = False):
@@ -233,8 +229,8 @@ def run_compare(attack: str = "badnets", seed: int = 0, output_dir: str | os.Pat
             ``none``, ``student`` and ``student_cleaned`` always run.
         overwrite: start over in an earlier compare's folder (removes only what compare wrote).
         report: receives one progress line per row (default: the logger).
-        settings: :class:`~hf_backdoor_guard.benchmark.demo.DemoSettings` fields (``train_rows``,
-            ``teacher_epochs``, ``variation_options``, ...), as for the demo.
+        settings: :class:`~hf_backdoor_guard.benchmark.demo.DemoSettings` fields (``max_train_samples``,
+            ``num_train_epochs``, ``variation_options``, ...), as for the demo.
 
     Returns the leaderboard: ``{"attack", "seed", "defenses": {row: {...}}}``, or for
     ``all`` ``{"seed", "attacks": {attack: <that>}}``.
@@ -371,17 +367,16 @@ class PeerDefenses:
                                                  "wrote there)")
         self.training_args = training_arguments(
             self.run_folder.path / "scratch", seed=config.seed, epochs=config.num_train_epochs,
-            batch_size=config.batch_size, learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-            save_strategy="no")
+            batch_size=config.per_device_train_batch_size, learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay, save_strategy="no")
         self.training_args = dataclasses.replace(self.training_args, logging_strategy="no")  # one line per row
 
     def new_model(self):
         from ..pipeline.models import build_classifier
 
-        config = self.config
-        options = {key: value for key, value in (("image_size", config.image_size), ("width", config.width))
-                   if value is not None}
-        return build_classifier(config.model, label_names=self.label_names, seed=config.seed, **options)[0]
+        options = self.config.classifier()
+        return build_classifier(options.pop("model"), label_names=self.label_names, seed=self.config.seed,
+                                **options)[0]
 
     def _variation(self):
         from ..pipeline.defend import variation_factory

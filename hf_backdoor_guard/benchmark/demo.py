@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +42,18 @@ TARGET_LABEL = 0
 
 @dataclass
 class DemoSettings:
-    """Knobs of one demo run; the defaults are the measured best (BENCHMARKS.md)."""
+    """The demo's preset: values for :class:`~hf_backdoor_guard.pipeline.DefendConfig`'s options, by the same
+    names, plus the benchmark world. The defaults are the measured best (BENCHMARKS.md)."""
 
-    train_rows: int | None = None  # None: the whole victim split (800 rows)
-    test_rows: int | None = None  # None: the whole test split (397 rows)
-    teacher_epochs: float = 12.0
+    max_train_samples: int | None = None  # None: the whole victim split (800 rows)
+    max_eval_samples: int | None = None  # None: the whole test split (397 rows)
+    num_train_epochs: float = 12.0  # the teacher's
     # 9 epochs at half the teacher's learning rate: over 5 student seeds x every attack and seed (145 students,
     # BENCHMARKS.md "student seeds") no student passes ASR 0.10 (6 epochs at 2e-3: SIG 0.115; 9 or 12 at 2e-3:
     # Adaptive-Patch up to 0.35): a student fitted less sharply takes less of the teacher's backdoor along.
     student_epochs: float = 9.0
     student_learning_rate: float = 1e-3
-    batch_size: int = 32
+    per_device_train_batch_size: int = 32
     learning_rate: float = 2e-3  # the teacher's
     # 1.0: the student learns from the teacher's soft labels only; the hard labels of poisoned
     # rows (the target class on other classes' images) pull towards the target.
@@ -69,6 +70,21 @@ class DemoSettings:
     # the benchmark world (hf_backdoor_guard.benchmark.WORLDS): its data, diffusion model and attack settings;
     # every setting above is the same in every world
     benchmark: str = "digits"
+
+    def defend_options(self) -> dict[str, Any]:
+        """The preset as ``DefendConfig`` keyword arguments (every field but ``benchmark``)."""
+        values = asdict(self)
+        values.pop("benchmark")
+        return values
+
+
+def demo_preset(settings: dict) -> DemoSettings:
+    """:class:`DemoSettings` with ``settings`` changed; a name that is not one of its fields is refused (an old
+    name is told its new one)."""
+    from ..arguments import check_option_names
+
+    check_option_names(settings, [f.name for f in fields(DemoSettings)], "demo settings")
+    return DemoSettings(**settings)
 
 
 def attack_names() -> tuple[str, ...]:
@@ -92,13 +108,8 @@ def demo_config(attack: str, output_dir: Path, seed: int, settings: DemoSettings
     from ..pipeline.config import DefendConfig
 
     return DefendConfig(
-        model="small-resnet", width=settings.width, max_train_rows=settings.train_rows,
-        max_eval_rows=settings.test_rows, num_train_epochs=settings.teacher_epochs,
-        student_epochs=settings.student_epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        student_learning_rate=settings.student_learning_rate,
-        alpha=settings.alpha, temperature=settings.temperature, teacher_logits=settings.teacher_logits,
-        diffusion_model=world(settings.benchmark).diffusion_model, variation_options=dict(settings.variation_options),
-        variation_batch_size=settings.variation_batch_size, attack=attack, target_label=TARGET_LABEL,
+        model_name_or_path="small-resnet", **settings.defend_options(),
+        diffusion_model=world(settings.benchmark).diffusion_model, attack=attack, target_label=TARGET_LABEL,
         baselines=True, seed=seed, device="cpu", output_dir=str(output_dir), push_to_hub=push_to_hub,
         overwrite=overwrite,
     )
@@ -152,26 +163,38 @@ def run_single(attack_name: str, output_dir: Path, seed: int, settings: DemoSett
     return result
 
 
-def _check_args(attack: str, seed: int, settings: DemoSettings, output_dir: Path, push_to_hub, overwrite) -> list:
+def chosen_attacks(attack) -> tuple[list[str], bool]:
+    """``(attacks to run, whether they are a suite)``: ``"all"`` or a list of names is a suite (one subfolder
+    each, a summary at the top), one name is a single run."""
+    names = attack_names()
+    if isinstance(attack, str) and attack != "all":
+        if attack not in names:
+            raise ValueError(f"attack must be one of {list(names) + ['all']}, got {attack!r}.")
+        return [attack], False
+    chosen = list(names) if attack == "all" else list(attack)
+    unknown = [name for name in chosen if name not in names]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"attacks must be distinct registered names ({list(names)}), got {chosen!r}.")
+    return chosen, True
+
+
+def _check_args(attack, seed: int, settings: DemoSettings, output_dir: Path, push_to_hub, overwrite) -> list:
     """Every check before any work; returns the attacks to run."""
     from ..validation import check_seed
 
-    names = attack_names()
-    if attack not in names + ("all",):
-        raise ValueError(f"attack must be one of {list(names) + ['all']}, got {attack!r}.")
+    chosen, suite = chosen_attacks(attack)
     check_seed("seed", seed)
-    if push_to_hub is not None and attack == "all":
-        raise ValueError("push_to_hub publishes one student: choose one attack, not 'all'.")
-    chosen = list(names) if attack == "all" else [attack]
+    if push_to_hub is not None and suite:
+        raise ValueError("push_to_hub publishes one student: choose one attack.")
     for name in chosen:  # DefendConfig checks every option
-        config = demo_config(name, output_dir / name if attack == "all" else output_dir, seed, settings, push_to_hub,
+        config = demo_config(name, output_dir / name if suite else output_dir, seed, settings, push_to_hub,
                              overwrite)
     from ..pipeline.config import check_diffusion_model
 
     check_diffusion_model(config)  # the world's shipped model is here, before its data loads
     from ..pipeline.defend import OUTPUT_NAMES, check_output_names
 
-    if attack == "all":
+    if suite:
         check_output_names(output_dir, SUMMARY_FILES + tuple(chosen), OWNER)
         for name in chosen:
             check_output_names(output_dir / name, OUTPUT_NAMES, OWNER)
@@ -185,11 +208,6 @@ def run_demo(
     output_dir: str | os.PathLike = "backdoor-guard-demo",
     seed: int = 0,
     *,
-    train_rows: int | None = None,
-    test_rows: int | None = None,
-    teacher_epochs: float | None = None,
-    student_epochs: float | None = None,
-    variation_options: dict | None = None,
     push_to_hub: str | None = None,
     overwrite: bool = False,
     **settings: Any,
@@ -197,34 +215,25 @@ def run_demo(
     """Run the demo for one attack (or ``"all"``) and write the report to ``output_dir``.
 
     Args:
-        attack: a registered attack name, or ``all``.
+        attack: a registered attack name, ``all``, or a list of names (one subfolder each, like ``all``).
         output_dir: new, empty, or an earlier demo's folder.
         seed: seeds poisoning, model initialisation, training order and variation noise.
-        train_rows, test_rows: use a stratified subset (shorter runs, e.g. for tests).
-        teacher_epochs, student_epochs: training length.
-        variation_options: ``ImageVariation.embedded`` options overriding the defaults
-            (e.g. ``{"num_inference_steps": 4}`` for a quick run).
         push_to_hub: a Hub repo id: publish the distilled student there, with a model card
             (one attack only; the staged files are ``output_dir/model``).
         overwrite: start over in an earlier demo's folder with other settings (only the
             demo's own outputs are removed).
-        settings: other :class:`DemoSettings` fields (alpha, temperature, teacher_logits, ...).
+        settings: :class:`DemoSettings` fields, named as ``DefendConfig``'s options: ``max_train_samples``,
+            ``max_eval_samples`` (stratified subsets, for short runs), ``num_train_epochs`` (the teacher's),
+            ``student_epochs``, ``variation_options`` (``ImageVariation.embedded`` options overriding the
+            defaults, e.g. ``{"num_inference_steps": 4}``), ``alpha``, ``temperature``, ``benchmark``, ...
 
     Returns the metrics dict written to ``metrics.json`` (for ``all``: the summary,
     ``{"seed", "seconds", "attacks": {name: metrics}}``).
     """
-    overrides = dict(settings)
-    for name, value in (("train_rows", train_rows), ("test_rows", test_rows), ("teacher_epochs", teacher_epochs),
-                        ("student_epochs", student_epochs), ("variation_options", variation_options)):
-        if value is not None:
-            overrides[name] = value
-    unknown = sorted(set(overrides) - set(DemoSettings.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"Unknown demo option(s) {unknown}; known: {sorted(DemoSettings.__dataclass_fields__)}.")
-    demo_settings = DemoSettings(**overrides)
+    demo_settings = demo_preset(settings)
     output_dir = Path(output_dir)
     chosen = _check_args(attack, seed, demo_settings, output_dir, push_to_hub, overwrite)
-    if attack != "all":
+    if not chosen_attacks(attack)[1]:
         return run_single(attack, output_dir, seed, demo_settings, push_to_hub, overwrite)
 
     started = time.time()
@@ -240,7 +249,7 @@ def run_demo(
         from ..pipeline.figures import metrics_chart
 
         metrics_chart({name: result["models"] for name, result in results.items()}, output_dir / "metrics.png",
-                      title=f"backdoor-guard demo, every attack (seed {seed})")
+                      title=f"backdoor-guard demo, {'every attack' if attack == 'all' else 'attacks'} (seed {seed})")
         write_text_atomic(output_dir / "report.md", _summary_report(summary))
         record_outputs(output_dir, SUMMARY_FILES)
     return summary
@@ -250,7 +259,7 @@ def _summary_report(summary: dict) -> str:
     from ..metrics import backdoor_metrics
 
     metrics = backdoor_metrics()
-    lines = [f"# backdoor-guard demo: all attacks (seed {summary['seed']})", ""]
+    lines = [f"# backdoor-guard demo: {len(summary['attacks'])} attacks (seed {summary['seed']})", ""]
     lines += ["| attack | model | " + " | ".join(m.label for m in metrics) + " | flagged / poisoned |",
               "|---|---|" + "---|" * len(metrics) + "---|"]
     for name, result in summary["attacks"].items():

@@ -20,7 +20,7 @@ EMBEDDED_DIFFUSION_DIR = Path(__file__).resolve().parent / "digits_ddpm"
 
 #: The diffusion models shipped in the package, by the world they were pretrained on (its clean pretraining
 #: split only); ``ImageVariation.embedded(model=...)`` loads one, ``--diffusion-model`` names it as in
-#: :data:`EMBEDDED_MODEL_OPTIONS`. Each is trained by ``recipes/pretrain_embedded_diffusion.py --dataset NAME``.
+#: :data:`EMBEDDED_MODEL_OPTIONS`. Each is trained by ``recipes/pretrain_embedded_diffusion.py --benchmark NAME``.
 EMBEDDED_MODELS: dict[str, Path] = {
     "digits": EMBEDDED_DIFFUSION_DIR,
     "fashion-mnist": Path(__file__).resolve().parent / "fashion_mnist_ddpm",
@@ -36,7 +36,7 @@ def embedded_model_dir(model: str = "digits") -> Path:
     folder = EMBEDDED_MODELS[model]
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"The shipped diffusion model '{model}' is not in this copy of the package ({folder}); "
-                         f"train it with recipes/pretrain_embedded_diffusion.py --dataset {model} "
+                         f"train it with recipes/pretrain_embedded_diffusion.py --benchmark {model} "
                          f"--output_dir {folder}.")
     return folder
 

@@ -72,8 +72,8 @@ def data_folder(config: DefendConfig) -> Path | None:
     """The local folder the data is read from (an imagefolder's --data-dir, a save_to_disk folder), if any."""
     if config.data_dir:
         return Path(config.data_dir).expanduser()
-    if config.dataset and Path(config.dataset).expanduser().is_dir():
-        return Path(config.dataset).expanduser()
+    if config.dataset_name and Path(config.dataset_name).expanduser().is_dir():
+        return Path(config.dataset_name).expanduser()
     return None
 
 
@@ -116,14 +116,14 @@ def check_output_names(output_dir: Path, names, owner: str, option: str = "--out
 def prepare(config: DefendConfig, *, train=None, eval_ds=None, attack=None, poison_kwargs=None,
             data_settings: dict | None = None, owner: str = OWNER) -> Inputs:
     """Every check, before any work. ``train``/``eval_ds`` (with ``image``/``label`` columns) replace
-    loading ``config.dataset``; ``attack``/``poison_kwargs`` replace building ``config.attack``.
+    loading ``config.dataset_name``; ``attack``/``poison_kwargs`` replace building ``config.attack``.
 
     Every label is checked and every image the run uses is decoded once, so a bad row is
     named (its file, for an imagefolder) before any stage runs. Without an evaluation split,
     ``config.train_val_split`` of the training rows is held out (stratified, seeded).
     """
     from ..caching import dataset_fingerprint
-    from ..data import class_names, held_out_rows, load_image_splits, stratified_indices
+    from ..data import class_names, held_out_rows, load_image_splits, resize_images, stratified_indices
     from ..validation import check_dataset, check_images_decode, check_labels, check_target_label
 
     output_dir = Path(config.output_dir)
@@ -132,46 +132,50 @@ def prepare(config: DefendConfig, *, train=None, eval_ds=None, attack=None, pois
     check_diffusion_model(config)
     config.resolved_device()
     if train is None:
-        if config.dataset is None:
-            raise ValueError("dataset is required (--dataset: a Hub id, 'imagefolder' with --data-dir, or a "
-                             "save_to_disk folder).")
+        if config.dataset_name is None:
+            raise ValueError("dataset_name is required (--dataset_name: a Hub id, 'imagefolder' with --data_dir, or "
+                             "a save_to_disk folder).")
         train, eval_ds = load_image_splits(
-            config.dataset, config.split, config.eval_split, data_dir=config.data_dir,
-            config_name=config.dataset_config, image_column=config.image_column, label_column=config.label_column)
-        renames = {old: new for old, new in ((config.image_column, "image"), (config.label_column, "label"))
+            config.dataset_name, config.train_split, config.eval_split, data_dir=config.data_dir,
+            config_name=config.dataset_config_name, revision=config.dataset_revision,
+            image_column=config.image_column_name, label_column=config.label_column_name, option="dataset_name")
+        renames = {old: new for old, new in ((config.image_column_name, "image"), (config.label_column_name, "label"))
                    if old != new}
         clashes = [new for new in renames.values() if new in train.column_names]
         if clashes:
-            raise ValueError(f"The dataset has a column named {clashes[0]!r} besides --image-column/--label-column; "
-                             "rename it first.")
+            raise ValueError(f"The dataset has a column named {clashes[0]!r} besides --image_column_name/"
+                             "--label_column_name; rename it first.")
         train, eval_ds = train.rename_columns(renames), eval_ds.rename_columns(renames) if eval_ds else None
     else:
         check_dataset(train)
-    check_labels(train, config.split)
+    check_labels(train, config.train_split)
     label_names = class_names(train)
-    check_model(config.model, len(label_names))  # before the images are decoded: it is the quicker check
+    check_model(config.model_name_or_path, len(label_names))  # before the images are decoded: it is the quicker check
     # Rows are chosen as indices of the input split, so every message and detection.json name rows as the user has them.
     input_rows = len(train)
     kept = np.arange(input_rows)
+    subset_seed = config.seed if config.subset_seed is None else config.subset_seed
     if eval_ds is None:
-        kept, held_out, stratified = held_out_rows(train, config.train_val_split, config.seed)
-        eval_name = (f"{len(held_out)} rows ({config.train_val_split:.0%}) held out of '{config.split}', "
-                     f"{'stratified by class' if stratified else 'at random'}, seed {config.seed}")
+        kept, held_out, stratified = held_out_rows(train, config.train_val_split, subset_seed)
+        eval_name = (f"{len(held_out)} rows ({config.train_val_split:.0%}) held out of '{config.train_split}', "
+                     f"{'stratified by class' if stratified else 'at random'}, seed {subset_seed}")
         logger.info("No evaluation split (test, validation or --eval-split): evaluating on %s (--train-val-split).",
                     eval_name)
-        eval_rows = held_out[stratified_indices(train.select(held_out), config.max_eval_rows, config.seed)]
-        check_images_decode(train, config.split, eval_rows)
+        eval_rows = held_out[stratified_indices(train.select(held_out), config.max_eval_samples, subset_seed)]
+        check_images_decode(train, config.train_split, eval_rows)
         eval_ds = train.select(eval_rows)
     else:
         check_dataset(eval_ds)
         eval_name = str(getattr(eval_ds, "split", None) or config.eval_split or "test")
         check_labels(eval_ds, eval_name, len(label_names))
-        eval_rows = stratified_indices(eval_ds, config.max_eval_rows, config.seed)
+        eval_rows = stratified_indices(eval_ds, config.max_eval_samples, subset_seed)
         check_images_decode(eval_ds, eval_name, eval_rows)
         eval_ds = _rows(eval_ds, eval_rows)
-    train_rows = kept[stratified_indices(_rows(train, kept), config.max_train_rows, config.seed)]
-    check_images_decode(train, config.split, train_rows)
+    train_rows = kept[stratified_indices(_rows(train, kept), config.max_train_samples, subset_seed)]
+    check_images_decode(train, config.train_split, train_rows)
     train = _rows(train, train_rows)
+    if config.resize_images:  # after the subsets: only the rows used are resized
+        train, eval_ds = resize_images(train, config.resize_images), resize_images(eval_ds, config.resize_images)
     unlearnable = sorted(set(eval_ds["label"]) - set(train["label"]))
     if unlearnable:
         logger.warning("Evaluation classes %s have no training rows: no model can learn them, so their %d "
@@ -180,10 +184,10 @@ def prepare(config: DefendConfig, *, train=None, eval_ds=None, attack=None, pois
     if config.research:
         check_target_label(config.target_label, len(label_names))
         if attack is None:
-            from ..attacks import attack_from_name
-
-            attack = attack_from_name(config.attack, **config.attack_options)
-            poison_kwargs = {"rate": config.poison_rate, **config.poison_options}
+            attack = config.build_attack()
+            poison_kwargs = {"rate": config.poison_rate, "poison_target_class": config.poison_target_class}
+            if config.poison_seed is not None:
+                poison_kwargs["seed"] = config.poison_seed
     if config.push_to_hub and config.research is False:
         logger.info("The model card will state clean accuracy only (no attack was measured).")
     content = None
@@ -300,10 +304,8 @@ def shared_stages(run: RunFolder, config: DefendConfig, inputs: Inputs, plan: di
     """The stages before the students (data, teacher, variations, detection), run or reused from ``run``."""
     data = stages.data_stage(run, inputs.train, inputs.eval_ds, settings=plan["data"], attack=inputs.attack,
                              target_label=config.target_label, poison_kwargs=inputs.poison_kwargs, seed=config.seed)
-    classifier = dict(model=config.model, label_names=inputs.label_names, image_size=config.image_size,
-                      width=config.width)
-    classifier = {key: value for key, value in classifier.items() if value is not None}
-    training = dict(batch_size=config.batch_size, learning_rate=config.learning_rate,
+    classifier = {**config.classifier(), "label_names": inputs.label_names}
+    training = dict(batch_size=config.per_device_train_batch_size, learning_rate=config.learning_rate,
                     weight_decay=config.weight_decay, use_cpu=device == "cpu")
     teacher_args = stages.training_arguments(run.path, seed=config.seed, epochs=config.num_train_epochs, **training)
     teacher, processor = stages.teacher_stage(run, data["train"], settings=plan["teacher"], training_args=teacher_args,

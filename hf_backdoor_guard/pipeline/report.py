@@ -112,7 +112,7 @@ def _draw_figures(output_dir: Path, clean_train, train, variations, detection: d
 def _card_details(config, result: dict) -> dict[str, Any]:
     variation = {k: v for k, v in (result.get("variation") or {}).items()
                  if k in ("family", "num_variations", "num_inference_steps", "guidance_scale", "strength", "eta")}
-    return dict(base_dataset=result["data"], teacher=f"{config.model} trained on the training split",
+    return dict(base_dataset=result["data"], teacher=f"{config.model_name_or_path} trained on the training split",
                 diffusion_model=config.diffusion_model, diffusion_settings=variation,
                 distillation_settings={"alpha": config.alpha, "temperature": config.temperature,
                                        "teacher_logits": config.teacher_logits}, seed=config.seed)
@@ -138,7 +138,7 @@ def _write_model(output_dir: Path, config, student, result: dict, push: bool):
     repo_id = config.push_to_hub or local_repo_name(output_dir)
     models = result["models"]
     if config.research:
-        metrics, teacher = {config.attack: models["student"]}, {config.attack: models["teacher"]}
+        metrics, teacher = {config.attack_name: models["student"]}, {config.attack_name: models["teacher"]}
         research = dict(target_label=config.target_label, poison_rate=config.poison_rate)
     else:
         metrics = {NO_ATTACK: {"clean_accuracy": models["student"]["clean_accuracy"]}}
@@ -150,9 +150,9 @@ def _write_model(output_dir: Path, config, student, result: dict, push: bool):
 
 # --- everything -------------------------------------------------------------------------
 def _data_name(config, inputs) -> str:
-    if config.dataset is None:
+    if config.dataset_name is None:
         return (inputs.data_settings or {}).get("dataset", "data given in code")
-    return config.dataset + (f" ({config.data_dir})" if config.data_dir else "")
+    return config.dataset_name + (f" ({config.data_dir})" if config.data_dir else "")
 
 
 
@@ -171,13 +171,13 @@ def write_outputs(output_dir: Path, run, config, inputs, data, variations, detec
     write_json_atomic(output_dir / "detection.json", written)
     flagged = set(detection["flagged"])
     kept = [row for row in range(len(train)) if row not in flagged]
-    renames = {old: new for old, new in (("image", config.image_column), ("label", config.label_column)) if old != new}
+    renames = {old: new for old, new in (("image", config.image_column_name), ("label", config.label_column_name)) if old != new}
     cleaned = train.select(kept).flatten_indices().rename_columns(renames)
     write_folder_files(output_dir, "cleaned", lambda folder: cleaned.save_to_disk(str(folder)))
 
     record = run.record("variations") or {}
     result: dict[str, Any] = {
-        "attack": config.attack,
+        "attack": config.attack_name,
         "seed": config.seed,
         "seconds": 0.0,
         "models": scores,
@@ -242,14 +242,14 @@ def render_report(result: dict, config, title: str) -> str:
     lines += ["## Setup", "",
               f"- data: {result['data']}: {rows['train']} training rows"
               + (f" ({rows['poisoned']} poisoned)" if config.research else "") + f", {rows['test']} test rows.",
-              f"- classifier: `{config.model}`; teacher {config.num_train_epochs:g} epochs, student distilled "
+              f"- classifier: `{config.model_name_or_path}`; teacher {config.num_train_epochs:g} epochs, student distilled "
               f"(alpha {config.alpha}, temperature {config.temperature}, teacher logits {config.teacher_logits}).",
               f"- variations: `{config.diffusion_model}` "
               + ", ".join(f"{k} {variation[k]}" for k in ("num_variations", "strength", "num_inference_steps",
                                                          "guidance_scale", "eta", "color_transfer")
                           if variation.get(k) is not None) + "."]
     if config.research:
-        lines.append(f"- attack: `{config.attack}` {json.dumps(result['attack_config'])}, "
+        lines.append(f"- attack: `{config.attack_name}` {json.dumps(result['attack_config'])}, "
                      f"target {config.target_label}.")
     lines += ["", "## Time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in result["timings"].items()]

@@ -112,7 +112,7 @@ def data_stage(run: RunFolder, train, eval_ds=None, *, settings: dict, attack=No
         if attack is not None:
             from ..poisoning import poison_dataset
 
-            data = poison_dataset(train, attack, target_label=target_label, seed=seed, **(poison_kwargs or {}))
+            data = poison_dataset(train, attack, target_label=target_label, **{"seed": seed, **(poison_kwargs or {})})
         splits = {"train": data.flatten_indices()}
         if eval_ds is not None:
             splits["eval"] = eval_ds.flatten_indices()
