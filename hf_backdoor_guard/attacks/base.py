@@ -73,11 +73,14 @@ class Attack:
     ``clean_label`` attacks poison rows of the target class and keep their labels
     (SIG, Label-Consistent); the others relabel the rows they poison. ``cover_ratio``
     is the number of cover rows (label kept, see :meth:`cover_image`) per poisoned row.
+    ``adaptive`` attacks are built against this defense (triggers the diffusion variations
+    keep): ``backdoor-guard redteam`` runs them.
     """
 
     name = "attack"
     clean_label = False
     cover_ratio = 0.0
+    adaptive = False
 
     # --- the three forms ------------------------------------------------------------------
     def __call__(self, image: Image.Image, index: int = 0) -> Image.Image:

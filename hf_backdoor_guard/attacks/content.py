@@ -43,6 +43,7 @@ class LowFrequency(Attack):
     """
 
     name = "lowfreq"
+    adaptive = True  # the red team: built so the variations keep it
 
     def __init__(self, amplitude: float = 48.0, frequencies: int = 3, seed: int = 42):
         self.amplitude = check_number("LowFrequency amplitude", amplitude, 0.0, 255.0, low_inclusive=False)
@@ -85,6 +86,7 @@ class Border(Attack):
     """
 
     name = "border"
+    adaptive = True  # the red team: built so the variations keep it
 
     def __init__(self, width: int = 2, color: str = "#ffffff", alpha: float = 1.0):
         self.width = check_int("Border width", width)
@@ -126,6 +128,7 @@ class Tint(Attack):
     """
 
     name = "tint"
+    adaptive = True  # the red team: built so the variations keep it
 
     def __init__(self, color: str = "#ffffff", strength: float = 0.2):
         self.rgb = parse_color(color, "Tint color")
@@ -161,6 +164,7 @@ class Stroke(Attack):
     """
 
     name = "stroke"
+    adaptive = True  # the red team: built so the variations keep it
     SHAPES = ("bar", "ring")
 
     def __init__(self, shape: str = "bar", row: float = 0.84, column: float = 0.72, size: float = 0.32,

@@ -157,6 +157,7 @@ class SurvivingTrigger(Attack):
     """
 
     name = "surviving"
+    adaptive = True  # the red team: built so the variations keep it
 
     def __init__(self, epsilon: float = 32 / 255, iterations: int = 30, batch_size: int = 16,
                  step_size: float | None = None, strength: float | None = None,

@@ -4,6 +4,7 @@
 * :func:`gallery`: the most suspicious training images, each with its label, the class
   its variations suggest and its suspicion score;
 * :func:`metrics_chart`: grouped bars of C-Acc, ASR and R-Acc per model (and attack);
+* :func:`asr_chart`: attack success rate per attack for several models, with goal lines;
 * :func:`suspicion_histogram`: the distribution of suspicion scores and the threshold.
 """
 
@@ -116,6 +117,33 @@ def metrics_chart(results: dict[str, dict[str, dict[str, float]]], path: str | o
     figure.savefig(path)
 
 
+def asr_chart(asr: dict[str, dict[str, float]], path: str | os.PathLike, *, title: str | None = None,
+              goals: Sequence[float] = ()) -> None:
+    """Attack success rate per attack (groups on the x axis) for each model (one bar color each), with a dashed
+    line at every value of ``goals``. ``asr``: attack -> model -> ASR."""
+    models = list(dict.fromkeys(model for values in asr.values() for model in values))
+    positions = np.arange(len(asr))
+    width = 0.8 / max(len(models), 1)
+    figure = _figure(max(5.0, 1.1 * len(asr) * max(len(models), 2) / 2 + 1.5), 3.6)
+    axis = figure.subplots()
+    for k, model in enumerate(models):
+        values = [asr[attack].get(model, np.nan) for attack in asr]
+        bars = axis.bar(positions + (k - (len(models) - 1) / 2) * width, values, width, label=model,
+                        color=f"C{k}")
+        axis.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    for goal in goals:
+        axis.axhline(goal, color="black", linestyle="--", linewidth=0.8)
+        axis.text(positions[-1] + 0.45, goal, f" {goal:g}", va="center", fontsize=7)
+    axis.set_xticks(positions, list(asr), fontsize=8)
+    axis.set_ylim(0, 1.1)
+    axis.set_ylabel("attack success rate")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize=8, ncol=len(models), loc="upper center", frameon=False)
+    if title:
+        axis.set_title(title, fontsize=10)
+    figure.savefig(path)
+
+
 def suspicion_histogram(scores, path: str | os.PathLike, *, threshold: float | None = None, poisoned=None,
                         score_name: str = "suspicion", bins: int = 30) -> None:
     """Histogram of suspicion scores (clean vs. poisoned rows when ``poisoned`` is known) with the threshold."""
@@ -140,4 +168,4 @@ def suspicion_histogram(scores, path: str | os.PathLike, *, threshold: float | N
     figure.savefig(path)
 
 
-__all__ = ["image_grid", "gallery", "metrics_chart", "suspicion_histogram"]
+__all__ = ["asr_chart", "image_grid", "gallery", "metrics_chart", "suspicion_histogram"]
