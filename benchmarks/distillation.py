@@ -47,7 +47,7 @@ from hf_backdoor_guard import (  # noqa: E402
     DistillationTrainingArguments,
     precompute_teacher_logits,
 )
-from hf_backdoor_guard.training import build_classifier_trainer  # noqa: E402
+from hf_backdoor_guard.training.classifier import build_classifier_trainer  # noqa: E402
 
 NUM_LABELS = 10
 

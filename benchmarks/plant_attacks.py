@@ -74,7 +74,7 @@ def training_args(output_dir: str, seed: int, epochs: float):
 def train_model(train, seed: int, epochs: float):
     """The demo's classifier trained on ``train`` with the demo's settings; ``(model, processor)``."""
     from hf_backdoor_guard.benchmark.demo import build_classifier
-    from hf_backdoor_guard.training import train_classifier
+    from hf_backdoor_guard.training.classifier import train_classifier
 
     model, processor = build_classifier(10, seed=seed)
     with tempfile.TemporaryDirectory(prefix="hbg-plant-") as scratch:

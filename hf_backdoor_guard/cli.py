@@ -168,7 +168,7 @@ def _run_defend(args: argparse.Namespace) -> int:
 def _run_publish(args: argparse.Namespace) -> int:
     import json
 
-    from .hub import publish_path, read_metrics_file
+    from .hub.publish import publish_path, read_metrics_file
 
     card_info: dict = {}
     if args.card_info:
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:  # our own detail too: which weights load, each model's metrics as they are measured
         logging.getLogger("hf_backdoor_guard").setLevel(logging.DEBUG)
     try:
-        from .console import quiet_libraries
+        from .runtime.console import quiet_libraries
 
         with quiet_libraries(not args.verbose):
             return _dispatch(args)

@@ -144,7 +144,7 @@ def _trigger(ds: Dataset, attack: Attack, poisoned: np.ndarray, cover: np.ndarra
              relabel: bool, mode: str, image_column: str, label_column: str, verify_images: bool,
              description: str) -> Dataset:
     """The map pass over ``ds`` (already without a format); returns a dataset with the poison columns."""
-    from .caching import derived_fingerprint
+    from .runtime.caching import derived_fingerprint
 
     features = ds.features.copy()
     features[image_column] = Image(decode=False)

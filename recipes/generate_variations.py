@@ -34,7 +34,7 @@ from recipe_arguments import (
     stream_training_split,
 )
 
-from hf_backdoor_guard.outputs import record_outputs
+from hf_backdoor_guard.runtime.outputs import record_outputs
 from hf_backdoor_guard.pipeline import variations_stage
 
 logger = logging.getLogger("recipes.generate_variations")

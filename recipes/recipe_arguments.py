@@ -101,7 +101,7 @@ class ScheduleArguments:
     lr_gamma: float = option("Factor applied at each of lr_milestones.", 0.1)
 
     def __post_init__(self):
-        from hf_backdoor_guard.training import check_milestones
+        from hf_backdoor_guard.training.classifier import check_milestones
 
         if self.lr_milestones is not None:
             self.lr_milestones, self.lr_gamma = check_milestones(self.lr_milestones, self.lr_gamma,
@@ -109,7 +109,7 @@ class ScheduleArguments:
 
     def callbacks(self, training_args) -> list:
         """``[MultiStepLRCallback]`` for the milestones (checked against ``training_args`` now), or ``[]``."""
-        from hf_backdoor_guard.training import MultiStepLRCallback
+        from hf_backdoor_guard.training.classifier import MultiStepLRCallback
 
         if not self.lr_milestones:
             return []
@@ -206,7 +206,7 @@ class EvaluateArguments:
 
 def _all_options() -> set[str]:
     """Every key some recipe takes: a config key outside this set is a typo."""
-    from hf_backdoor_guard.distillation import DistillationTrainingArguments
+    from hf_backdoor_guard.training.distillation import DistillationTrainingArguments
 
     types = (RunArguments, DataArguments, PoisonArguments, ModelArguments, AugmentArguments, ScheduleArguments,
              VariationArguments, StudentArguments, EvaluateArguments, DistillationTrainingArguments)
@@ -269,7 +269,7 @@ def save_arguments(output_dir: str | os.PathLike, script: str, *args) -> Path:
     """Write the options a script ran with (defaults, config and flags resolved) to ``output_dir/recipe_config.yaml``."""
     import yaml
 
-    from hf_backdoor_guard.outputs import write_text_atomic
+    from hf_backdoor_guard.runtime.outputs import write_text_atomic
 
     values: dict[str, Any] = {}
     for item in args:

@@ -34,10 +34,10 @@ from recipe_arguments import (
 )
 
 from hf_backdoor_guard.data import load_image_splits
-from hf_backdoor_guard.distillation import DistillationTrainingArguments
+from hf_backdoor_guard.training.distillation import DistillationTrainingArguments
 from hf_backdoor_guard.loading import load_image_classifier
 from hf_backdoor_guard.pipeline import output_finished, student_stage
-from hf_backdoor_guard.training import BackdoorMetricsCallback
+from hf_backdoor_guard.training.classifier import BackdoorMetricsCallback
 
 
 def main(argv: list[str] | None = None) -> dict:

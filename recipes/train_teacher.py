@@ -32,7 +32,7 @@ from transformers import TrainingArguments
 
 from hf_backdoor_guard.data import class_names
 from hf_backdoor_guard.pipeline import teacher_stage
-from hf_backdoor_guard.training import BackdoorMetricsCallback
+from hf_backdoor_guard.training.classifier import BackdoorMetricsCallback
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -66,7 +66,7 @@ class LocalHub:
         A folder that no publish staged (a hand-made repo) is committed whole. Calling it
         again for the same repo adds a new commit on top, so revisions can be tested.
         """
-        from hf_backdoor_guard.staging import staged_files
+        from hf_backdoor_guard.hub.staging import staged_files
 
         files = staged_files(folder) or [p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()]
 

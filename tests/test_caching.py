@@ -2,7 +2,7 @@
 
 from datasets import Dataset
 
-from hf_backdoor_guard.caching import dataset_fingerprint, derived_fingerprint
+from hf_backdoor_guard.runtime.caching import dataset_fingerprint, derived_fingerprint
 
 
 def test_dataset_fingerprint_still_reads_what_datasets_keeps():

@@ -9,7 +9,7 @@ import torch
 from training_fault_script import build_trainer
 from transformers import Trainer
 
-from hf_backdoor_guard.checkpoints import PRIVATE_TRAINER_METHODS, checkpoint_problem, last_complete_checkpoint
+from hf_backdoor_guard.training.checkpoints import PRIVATE_TRAINER_METHODS, checkpoint_problem, last_complete_checkpoint
 
 
 def _weights(trainer):
@@ -91,7 +91,7 @@ def test_resume_true_skips_the_half_written_checkpoint(finished, tmp_path, caplo
     assert last_complete_checkpoint(output_dir) == str(output_dir / "checkpoint-2")
 
     trainer = build_trainer(str(output_dir), kind)
-    with caplog.at_level(logging.WARNING, logger="hf_backdoor_guard.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="hf_backdoor_guard.training.checkpoints"):
         trainer.train(resume_from_checkpoint=True)
     skipped = [r.getMessage() for r in caplog.records if "Skipping incomplete checkpoint" in r.getMessage()]
     assert skipped and str(output_dir / "checkpoint-4") in skipped[0]
@@ -119,11 +119,11 @@ def test_private_trainer_methods_we_override_still_exist(name):
     """CheckpointReloadMixin overrides these to reload ViT's renamed weights; an upgrade must not drop them silently."""
     method = getattr(Trainer, name, None)
     assert callable(method), (
-        f"transformers.Trainer.{name} is gone: CheckpointReloadMixin.{name} (hf_backdoor_guard/checkpoints.py) "
+        f"transformers.Trainer.{name} is gone: CheckpointReloadMixin.{name} (hf_backdoor_guard/training/checkpoints.py) "
         "no longer runs, and renamed weights (ViT) may again be skipped silently when reloading checkpoints."
     )
     parameters = tuple(inspect.signature(method).parameters)
     assert parameters == PRIVATE_TRAINER_METHODS[name], (
         f"transformers.Trainer.{name} now takes {parameters}, CheckpointReloadMixin.{name} expects "
-        f"{PRIVATE_TRAINER_METHODS[name]}: update hf_backdoor_guard/checkpoints.py."
+        f"{PRIVATE_TRAINER_METHODS[name]}: update hf_backdoor_guard/training/checkpoints.py."
     )

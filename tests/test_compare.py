@@ -15,7 +15,7 @@ from PIL import Image
 from hf_backdoor_guard.cli import build_parser, main
 from hf_backdoor_guard.defenses import DEFENSES, defense_variants
 from hf_backdoor_guard.defenses.leaderboard import ENTRY_KEYS, leaderboard_table
-from hf_backdoor_guard.outputs import MARKER
+from hf_backdoor_guard.runtime.outputs import MARKER
 from hf_backdoor_guard.benchmark.compare import row_names, run_compare
 
 TINY = dict(max_train_samples=120, max_eval_samples=60, num_train_epochs=3, student_epochs=3,

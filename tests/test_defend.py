@@ -69,7 +69,7 @@ def defended(poisoned_folder, start_model, tmp_path_factory):
     config.write_text(QUICK_CONFIG)
     out = root / "out"
     with pytest.MonkeyPatch.context() as patch:
-        from hf_backdoor_guard import hub
+        from hf_backdoor_guard.hub import publish as hub
 
         patch.setattr(hub, "HfApi", RecordingHfApi)  # where the upload looks it up, whatever was imported first
         code = main(["defend", "--dataset_name", "imagefolder", "--data-dir", str(poisoned_folder), "--model_name_or_path",

@@ -122,7 +122,7 @@ def test_a_users_file_where_cleaned_writes_is_refused_before_work(tmp_path, data
     assert defend(data, out, quick) == 0
     (out / "cleaned" / "state.json").unlink()
     (out / "cleaned" / "state.json").write_text("mine")  # the same name, now the user's (not recorded: see below)
-    from hf_backdoor_guard.outputs import MARKER
+    from hf_backdoor_guard.runtime.outputs import MARKER
 
     marker = json.loads((out / MARKER).read_text())
     marker["outputs"].remove("cleaned/state.json")
@@ -134,7 +134,7 @@ def test_a_users_file_where_cleaned_writes_is_refused_before_work(tmp_path, data
 
 def _hold_lock(folder: Path, ready: Path) -> subprocess.Popen:
     """A real second process holding the output folder's lock, as a running defend does."""
-    code = ("import sys, time, pathlib; from hf_backdoor_guard.outputs import locked\n"
+    code = ("import sys, time, pathlib; from hf_backdoor_guard.runtime.outputs import locked\n"
             "with locked(sys.argv[1], 'defend run'):\n"
             "    pathlib.Path(sys.argv[2]).write_text('held'); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(folder), str(ready)])

@@ -82,7 +82,7 @@ def new_resnet():
 @pytest.fixture(scope="module")
 def poisoned_setup(tmp_path_factory):
     """Color classes with 8 patched rows of class 1 relabelled 0, and a ResNet trained on them (backdoored)."""
-    from hf_backdoor_guard.training import train_classifier
+    from hf_backdoor_guard.training.classifier import train_classifier
 
     tmp = tmp_path_factory.mktemp("backdoored")
     train = color_dataset(32, poisoned=8)
@@ -214,7 +214,7 @@ def test_data_cleaning_scores_poisoned_rows_higher_and_retrains_on_the_rest(pois
 
 def test_purification_classifies_variations_that_drop_the_trigger():
     from hf_backdoor_guard.evaluation import predict_logits
-    from hf_backdoor_guard.training import train_classifier
+    from hf_backdoor_guard.training.classifier import train_classifier
 
     attack = hbg.BadNets()  # 3x3 checkerboard
     digits = hbg.load_digits_dataset(seed=0)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from hf_backdoor_guard.cli import build_parser, main
 from hf_backdoor_guard.benchmark.demo import REPORT_FILES, run_demo
-from hf_backdoor_guard.outputs import MARKER
+from hf_backdoor_guard.runtime.outputs import MARKER
 from hf_backdoor_guard.pipeline.defend import OUTPUT_NAMES
 
 QUICK = dict(max_train_samples=120, max_eval_samples=60, num_train_epochs=3, student_epochs=3,
@@ -140,7 +140,7 @@ def test_cli_demo_options():
 
 def test_push_to_hub_publishes_the_student_with_its_card(tmp_path, monkeypatch):
     """The upload itself cannot happen offline: a recording stand-in for HfApi takes its place."""
-    from hf_backdoor_guard import hub
+    from hf_backdoor_guard.hub import publish as hub
 
     calls = []
 

@@ -18,7 +18,7 @@ from hf_backdoor_guard import (
     ImageClassificationTransform,
     precompute_teacher_logits,
 )
-from hf_backdoor_guard.distillation import distillation_loss, teacher_deepspeed_config
+from hf_backdoor_guard.training.distillation import distillation_loss, teacher_deepspeed_config
 
 
 def make_args(tmp_path, **overrides):

@@ -52,7 +52,7 @@ def test_the_demo_settings_quoted_in_the_readme_are_the_codes(readme):
 
 
 def test_the_library_and_defend_defaults_quoted_in_the_readme_are_the_codes(readme):
-    from hf_backdoor_guard.distillation import DistillationTrainingArguments
+    from hf_backdoor_guard.training.distillation import DistillationTrainingArguments
     from hf_backdoor_guard.pipeline.config import DefendConfig
 
     paper = DistillationTrainingArguments

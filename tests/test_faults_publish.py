@@ -36,7 +36,7 @@ def tiny_model_and_processor():
 
 
 def publish(folder: Path, metrics=METRICS_V2) -> Path:
-    from hf_backdoor_guard import hub
+    from hf_backdoor_guard.hub import publish as hub
 
     model, processor = tiny_model_and_processor()
     return hub.publish_model(model, "hbg/robust", metrics, processor, output_dir=folder, push=False, **INFO)
@@ -52,7 +52,7 @@ def _pause_here() -> None:
 def _install_pause(point: str) -> None:
     from huggingface_hub import ModelCard
 
-    from hf_backdoor_guard import staging
+    from hf_backdoor_guard.hub import staging
 
     if point == "before_card":  # weights, config and processor written into the scratch folder; no card yet
         ModelCard.save = lambda self, *args, **kwargs: _pause_here()
@@ -73,7 +73,7 @@ def _install_pause(point: str) -> None:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """What the folder holds apart from the lock files (whose holder names a process id)."""
-    from hf_backdoor_guard.outputs import LOCK
+    from hf_backdoor_guard.runtime.outputs import LOCK
 
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and not p.name.startswith(LOCK)}
@@ -81,8 +81,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("point", ["before_card", "mid_swap"])
 def test_a_publish_killed_mid_staging_is_redone_exactly_and_keeps_the_users_files(tmp_path, point):
-    from hf_backdoor_guard import hub
-    from hf_backdoor_guard.outputs import MARKER, recorded_outputs
+    from hf_backdoor_guard.hub import publish as hub
+    from hf_backdoor_guard.runtime.outputs import MARKER, recorded_outputs
 
     folder = tmp_path / "proj"
     publish(folder, METRICS_V1)  # an earlier publish whose files the next one replaces

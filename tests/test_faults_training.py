@@ -16,7 +16,7 @@ import torch
 import training_fault_script
 from training_fault_script import KILL_STEP, build_trainer
 
-from hf_backdoor_guard.checkpoints import checkpoint_problem
+from hf_backdoor_guard.training.checkpoints import checkpoint_problem
 
 
 def _weights(trainer):
@@ -46,7 +46,7 @@ def test_kill_while_writing_a_checkpoint_then_resume(tmp_path, uninterrupted, ca
     assert checkpoint_problem(half_written) is not None
     assert checkpoint_problem(output_dir / "checkpoint-2") is None
 
-    with caplog.at_level(logging.WARNING, logger="hf_backdoor_guard.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="hf_backdoor_guard.training.checkpoints"):
         resumed = build_trainer(str(output_dir), kind)
         resumed.train(resume_from_checkpoint=True)
     assert any(f"checkpoint-{KILL_STEP}" in record.getMessage() and "incomplete" in record.getMessage()

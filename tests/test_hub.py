@@ -28,7 +28,8 @@ from PIL import Image as PILImage
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 from transformers.utils import logging as hf_logging
 
-from hf_backdoor_guard import cards, hub
+from hf_backdoor_guard.hub import cards
+from hf_backdoor_guard.hub import publish as hub
 from hf_backdoor_guard.cli import build_parser, main
 
 hf_logging.disable_progress_bar()

@@ -151,7 +151,9 @@ def test_auroc_is_sklearns_and_nan_without_one_class():
 
 def test_a_registered_backdoor_metric_appears_in_results_and_cards():
     """A new backdoor metric is one function and one registration line (issue 14.1)."""
-    from hf_backdoor_guard import cards, hub, metrics
+    from hf_backdoor_guard import metrics
+    from hf_backdoor_guard.hub import cards
+    from hf_backdoor_guard.hub import publish as hub
     from hf_backdoor_guard.metrics import BACKDOOR, METRICS, BackdoorPredictions, Metric
 
     def clean_target_rate(p: BackdoorPredictions) -> float:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hf_backdoor_guard.outputs import (claim_output_dir, locked, record_outputs, recorded_outputs, remove_outputs,
+from hf_backdoor_guard.runtime.outputs import (claim_output_dir, locked, record_outputs, recorded_outputs, remove_outputs,
                                        write_json_atomic)
 
 
@@ -64,7 +64,7 @@ def test_atomic_json_leaves_no_temporary_file_and_a_normal_mode(tmp_path):
 
 _HOLD = """
 import sys, time
-from hf_backdoor_guard.outputs import locked
+from hf_backdoor_guard.runtime.outputs import locked
 with locked(sys.argv[1], "test run"):
     print("held", flush=True)
     time.sleep(60)

@@ -31,7 +31,7 @@ def test_quiet_libraries_restores_the_libraries_settings():
     import diffusers
     import transformers
 
-    from hf_backdoor_guard.console import is_quiet, quiet_libraries
+    from hf_backdoor_guard.runtime.console import is_quiet, quiet_libraries
 
     before = (transformers.logging.get_verbosity(), datasets.logging.get_verbosity(),
               diffusers.logging.get_verbosity(), datasets.is_progress_bar_enabled(),
@@ -50,10 +50,10 @@ def test_quiet_libraries_restores_the_libraries_settings():
 def test_a_quiet_trainer_keeps_its_bar_and_drops_the_metrics_lines(tmp_path):
     from transformers.trainer_callback import ProgressCallback
 
-    from hf_backdoor_guard.console import QuietProgressCallback, quiet_libraries
+    from hf_backdoor_guard.runtime.console import QuietProgressCallback, quiet_libraries
     from hf_backdoor_guard.pipeline import build_classifier
     from hf_backdoor_guard.pipeline.stages import training_arguments
-    from hf_backdoor_guard.training import ImageClassifierTrainer
+    from hf_backdoor_guard.training.classifier import ImageClassifierTrainer
 
     model, processor = build_classifier("small-resnet", 3, seed=0)
     args = training_arguments(tmp_path, seed=0, epochs=1)

@@ -229,7 +229,7 @@ def test_student_distilled_on_variations(pipeline_run):
 
 
 def test_evaluate_writes_metrics_for_each_attack(pipeline_run):
-    from hf_backdoor_guard.hub import read_metrics_file
+    from hf_backdoor_guard.hub.publish import read_metrics_file
 
     run, _ = pipeline_run
     path = run / "student_metrics.json"
@@ -301,7 +301,7 @@ def test_student_with_cached_teacher_logits(pipeline_run, assets, tmp_path):
 def test_cached_logits_with_augmentation_refused_before_the_teachers_pass(pipeline_run, assets, tmp_path,
                                                                          monkeypatch):
     """The trainer's own check refuses it, after a one-row pass: never the pass over every variation."""
-    from hf_backdoor_guard import teacher_logits
+    from hf_backdoor_guard.training import teacher_logits
 
     real, rows = teacher_logits.precompute_teacher_logits, []
 
@@ -388,7 +388,7 @@ TEACHER = (ra.RunArguments, ra.DataArguments, ra.PoisonArguments, ra.ModelArgume
 
 
 def _student_types():
-    from hf_backdoor_guard.distillation import DistillationTrainingArguments
+    from hf_backdoor_guard.training.distillation import DistillationTrainingArguments
 
     return (*TEACHER, ra.StudentArguments, DistillationTrainingArguments)
 

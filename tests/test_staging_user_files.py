@@ -19,8 +19,9 @@ from huggingface_hub.utils import filter_repo_objects
 from PIL import Image as PILImage
 
 import hf_backdoor_guard as hbg
-from hf_backdoor_guard import hub, staging
-from hf_backdoor_guard.outputs import LOCK, MARKER, read_marker, recorded_outputs, write_json_atomic
+from hf_backdoor_guard.hub import publish as hub
+from hf_backdoor_guard.hub import staging
+from hf_backdoor_guard.runtime.outputs import LOCK, MARKER, read_marker, recorded_outputs, write_json_atomic
 
 SHARD = "data/train-00000-of-00001.parquet"
 

@@ -17,7 +17,7 @@ from hf_backdoor_guard import (
     evaluate_backdoor,
     train_classifier,
 )
-from hf_backdoor_guard.training import (
+from hf_backdoor_guard.training.classifier import (
     ImageClassifierTrainer,
     MultiStepFactor,
     MultiStepLRCallback,

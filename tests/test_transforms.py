@@ -10,7 +10,7 @@ from tiny_classifiers import random_image_dataset, tiny_convnext, tiny_resnet, t
 
 from hf_backdoor_guard import ImageClassificationCollator, ImageClassificationTransform
 from hf_backdoor_guard.images import to_rgb
-from hf_backdoor_guard.transforms import prepare_image_dataset, processors_match
+from hf_backdoor_guard.training.transforms import prepare_image_dataset, processors_match
 
 
 def _batch(ds):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersForImageClassification, ViTImageProcessorPil
 
-from hf_backdoor_guard import hub
+from hf_backdoor_guard.hub import publish as hub
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hf_backdoor_guard"
 

@@ -30,7 +30,7 @@ def build_trainer(output_dir: str, kind: str):
     from transformers import TrainingArguments
 
     from hf_backdoor_guard import DistillationTrainer, DistillationTrainingArguments
-    from hf_backdoor_guard.training import build_classifier_trainer
+    from hf_backdoor_guard.training.classifier import build_classifier_trainer
 
     settings = dict(output_dir=output_dir, use_cpu=True, report_to=[], per_device_train_batch_size=4, max_steps=6,
                     save_strategy="steps", save_steps=2, logging_steps=1, learning_rate=1e-2, seed=0,

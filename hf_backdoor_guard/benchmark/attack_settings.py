@@ -105,7 +105,7 @@ def train_surrogate(clean_data, seed: int = 0, epochs: float = 12.0, epsilon: fl
     visible features of other classes, as Turner et al. want. Trained once per process
     for each (data, seed, epochs, epsilon) and then reused.
     """
-    from ..caching import dataset_fingerprint
+    from ..runtime.caching import dataset_fingerprint
     from .demo import build_classifier
 
     key = (dataset_fingerprint(clean_data), seed, epochs, epsilon)
@@ -128,7 +128,7 @@ def _train_plainly(model, processor, clean_data, seed: int, epochs: float) -> No
 
     from transformers import TrainingArguments
 
-    from ..training import train_classifier
+    from ..training.classifier import train_classifier
 
     with tempfile.TemporaryDirectory(prefix="hbg-surrogate-") as scratch:
         args = TrainingArguments(

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..defenses.base import Assumptions
-from ..outputs import claim_output_dir, claim_sub_folder, locked, record_outputs, remove_outputs
+from ..runtime.outputs import claim_output_dir, claim_sub_folder, locked, record_outputs, remove_outputs
 
 logger = logging.getLogger(__name__)
 

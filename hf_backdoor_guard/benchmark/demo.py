@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..outputs import claim_output_dir, locked, record_outputs, write_json_atomic, write_text_atomic
+from ..runtime.outputs import claim_output_dir, locked, record_outputs, write_json_atomic, write_text_atomic
 from ..pipeline.models import build_classifier as _build_classifier
 from ..pipeline.report import metrics_table
 

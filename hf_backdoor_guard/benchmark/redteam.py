@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..outputs import (
+from ..runtime.outputs import (
     claim_output_dir,
     claim_sub_folder,
     locked,

@@ -17,7 +17,7 @@ A defense is one class and one registration line::
 clean subset's size, the options, what the model must offer), trains the undefended
 model on the poisoned data when the defense needs it and none was given, and times
 the defense. Training always goes through the ``transformers.Trainer``
-(:func:`~hf_backdoor_guard.training.train_classifier`, or :class:`DefenseTrainer` where a
+(:func:`~hf_backdoor_guard.training.classifier.train_classifier`, or :class:`DefenseTrainer` where a
 defense changes the loss), with the caller's ``TrainingArguments``; a defense only
 changes the number of epochs of its phases (and, where its paper says so, the
 learning rate), and writes each phase under ``training_args.output_dir/<name>/<phase>``.
@@ -140,7 +140,7 @@ class DefenseInputs:
         ``trainer_class`` (a :class:`DefenseTrainer` subclass) replaces the plain loss;
         ``trainer_options`` go to its constructor; ``learning_rate=...`` changes the phase's rate.
         """
-        from ..training import build_classifier_trainer
+        from ..training.classifier import build_classifier_trainer
 
         changes = {key: trainer_options.pop(key) for key in ("learning_rate",) if key in trainer_options}
         args = self.phase_args(phase, epochs, **changes)

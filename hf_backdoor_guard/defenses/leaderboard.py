@@ -186,9 +186,9 @@ def write_leaderboard(output_dir: str | os.PathLike, board: Mapping, notes: Sequ
     ``notes`` are listed under the tables of ``leaderboard.md`` (default: what the seconds cover).
 
     The folder must exist; claiming it (refusing someone else's files) is the caller's job
-    (:func:`~hf_backdoor_guard.outputs.claim_output_dir`).
+    (:func:`~hf_backdoor_guard.runtime.outputs.claim_output_dir`).
     """
-    from ..outputs import write_bytes_atomic, write_json_atomic, write_text_atomic
+    from ..runtime.outputs import write_bytes_atomic, write_json_atomic, write_text_atomic
 
     check_leaderboard(board)
     folder = Path(output_dir)

@@ -1,8 +1,8 @@
 """The Trainer that defenses with their own loss subclass (ABL's LGA and unlearning, NAD's attention loss).
 
-It is the project's :class:`~hf_backdoor_guard.training.ImageClassifierTrainer` with a
+It is the project's :class:`~hf_backdoor_guard.training.classifier.ImageClassifierTrainer` with a
 ``defense_loss(model, inputs)`` hook instead of the model's own loss; it is built by
-:func:`~hf_backdoor_guard.training.build_classifier_trainer` (``trainer_class=``), which
+:func:`~hf_backdoor_guard.training.classifier.build_classifier_trainer` (``trainer_class=``), which
 sets up the raw image datasets and the collator exactly as for every other model.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..training import ImageClassifierTrainer
+from ..training.classifier import ImageClassifierTrainer
 
 
 class DefenseTrainer(ImageClassifierTrainer):

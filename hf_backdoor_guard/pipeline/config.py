@@ -136,7 +136,7 @@ class DefendConfig(DataArguments, ModelArguments, PoisonArguments):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         if self.push_to_hub is not None:
-            from ..hub import _check_repo_id
+            from ..hub.publish import _check_repo_id
 
             _check_repo_id(self.push_to_hub)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import (
+from ..runtime.outputs import (
     check_output_dir,
     claim_output_dir,
     claim_sub_folder,
@@ -122,7 +122,7 @@ def prepare(config: DefendConfig, *, train=None, eval_ds=None, attack=None, pois
     named (its file, for an imagefolder) before any stage runs. Without an evaluation split,
     ``config.train_val_split`` of the training rows is held out (stratified, seeded).
     """
-    from ..caching import dataset_fingerprint
+    from ..runtime.caching import dataset_fingerprint
     from ..data import class_names, held_out_rows, load_image_splits, resize_images, stratified_indices
     from ..validation import check_dataset, check_images_decode, check_labels, check_target_label
 

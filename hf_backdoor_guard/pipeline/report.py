@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs import write_folder_files, write_json_atomic, write_text_atomic
+from ..runtime.outputs import write_folder_files, write_json_atomic, write_text_atomic
 from . import figures
 
 logger = logging.getLogger(__name__)
@@ -131,8 +131,8 @@ def _write_model(output_dir: Path, config, student, result: dict, push: bool):
     With an attack (research) the card states C-Acc, ASR and R-Acc against it; without
     one, only clean accuracy was measured, and the card says so (attack ``"none"``).
     """
-    from ..cards import NO_ATTACK
-    from ..hub import publish_model
+    from ..hub.cards import NO_ATTACK
+    from ..hub.publish import publish_model
 
     model, processor = student
     repo_id = config.push_to_hub or local_repo_name(output_dir)

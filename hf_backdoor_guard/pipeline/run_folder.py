@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ..outputs import read_marker, record_outputs, write_json_atomic
+from ..runtime.outputs import read_marker, record_outputs, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ _TMP_PREFIX = ".tmp-"
 def process_state():
     """The processes of the current launch (``accelerate launch``, ``torchrun``, or one): rank, world, barrier.
 
-    The same helper ``generate_variations`` uses (:mod:`hf_backdoor_guard.variations.processes`).
+    The same helper ``generate_variations`` uses (:mod:`hf_backdoor_guard.runtime.processes`).
     """
-    from ..variations.processes import current_processes
+    from ..runtime.processes import current_processes
 
     return current_processes()
 

@@ -79,7 +79,7 @@ def training_arguments(output_dir: str | Path, *, seed: int, epochs: float, batc
     """
     from transformers import TrainingArguments
 
-    from ..distillation import DistillationTrainingArguments
+    from ..training.distillation import DistillationTrainingArguments
 
     common = dict(
         output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
@@ -134,7 +134,7 @@ def _with_output_dir(args, output_dir: Path):
 
 def _resume_point(checkpoints: Path, resume_from_checkpoint: bool | str | os.PathLike) -> str | None:
     """A checkpoint folder given, the newest complete one in ``checkpoints`` for ``True``, none for ``False``."""
-    from ..checkpoints import last_complete_checkpoint
+    from ..training.checkpoints import last_complete_checkpoint
 
     if isinstance(resume_from_checkpoint, (str, os.PathLike)):
         return str(resume_from_checkpoint)
@@ -150,7 +150,7 @@ def _augmented(train, processor, augment: bool, flip_probability: float | None, 
     Without them the trainer attaches the default transform itself (what ``defend`` uses).
     No flip and no crop count as no augmentation (a cache of teacher logits is then allowed).
     """
-    from ..transforms import ImageClassificationTransform
+    from ..training.transforms import ImageClassificationTransform
 
     if flip_probability is None and crop_padding is None:
         return train
@@ -223,7 +223,7 @@ def teacher_stage(run: RunFolder, train, *, settings: dict, model: str, label_na
     go to the trainer. Saved to ``name/`` (default ``teacher/``) with its processor;
     ``keep_checkpoints`` and ``save_metrics``: see :func:`_training_stage`.
     """
-    from ..training import build_classifier_trainer
+    from ..training.classifier import build_classifier_trainer
 
     def trainer_for(checkpoints: Path):
         classifier, processor = build_classifier(model, label_names=label_names, seed=seed, **classifier_options)
@@ -289,7 +289,7 @@ def detection_stage(run: RunFolder, teacher, processor, train, variations, *, se
 
     from ..detection import detect_poisoned, otsu_threshold
     from ..evaluation import predict_logits
-    from ..outputs import write_bytes_atomic
+    from ..runtime.outputs import write_bytes_atomic
 
     def make():
         if not run.is_main_process:
@@ -339,7 +339,7 @@ def distillation_dataset(variations, detection: dict, *, teacher_logits: str = "
     """
     from datasets import List, Value
 
-    from ..transforms import TEACHER_LOGITS
+    from ..training.transforms import TEACHER_LOGITS
 
     logits = np.asarray(detection["variation_logits"], dtype=np.float32)
     sources = np.asarray(variations["source_index"])
@@ -382,8 +382,8 @@ def student_stage(run: RunFolder, name: str, variations, detection: dict | None,
     Saved to ``name/``; ``resume_from_checkpoint``, ``keep_checkpoints`` and ``save_metrics``
     as in :func:`teacher_stage`.
     """
-    from ..distillation import DistillationTrainer
-    from ..teacher_logits import precompute_teacher_logits
+    from ..training.distillation import DistillationTrainer
+    from ..training.teacher_logits import precompute_teacher_logits
 
     if detection is None and (teacher is None or not keep_flagged):
         raise ValueError(f"{name}: cached teacher logits and keep_flagged=False need detection_stage's result.")

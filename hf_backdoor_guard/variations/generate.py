@@ -33,12 +33,12 @@ import os
 import time
 from pathlib import Path
 
-from ..outputs import check_output_dir, claim_output_dir, locked, record_outputs, write_json_atomic
+from ..runtime.outputs import check_output_dir, claim_output_dir, locked, record_outputs, write_json_atomic
 from ..validation import check_int
 from . import hub_push, shards
 from .core import ImageVariation
 from .inputs import check_inputs, dataset_items, stream_items
-from .processes import Processes, current_processes, host
+from ..runtime.processes import Processes, current_processes, host
 from .shards import ShardSpec
 from .writer import ShardWriter, prefetch
 
@@ -207,7 +207,7 @@ def _check_repo_id(repo_id) -> None:
 
 def check_folder(output_dir: Path) -> None:
     """The folder guard, before any work: new, empty, or ours; folders of older versions are named as such."""
-    from ..outputs import read_marker
+    from ..runtime.outputs import read_marker
 
     if output_dir.is_dir() and read_marker(output_dir) is None and (output_dir / MANIFEST).is_file():
         raise ValueError(

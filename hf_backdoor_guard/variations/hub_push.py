@@ -20,7 +20,7 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
-from ..outputs import write_json_atomic
+from ..runtime.outputs import write_json_atomic
 from . import shards
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import shards
 from .generate import MANIFEST, assemble, check_folder, claimed, read_folder_manifest, settings_digest
-from .processes import Processes
+from ..runtime.processes import Processes
 from .shards import ShardSpec
 
 

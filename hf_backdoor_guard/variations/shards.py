@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..outputs import write_json_atomic
+from ..runtime.outputs import write_json_atomic
 from .core import SOURCE_INDEX, VARIATION_INDEX
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ def dataset_fingerprint(ds) -> str:
     fingerprint = getattr(ds, "_fingerprint", None)
     if not isinstance(fingerprint, str):
         raise RuntimeError(
-            "hf_backdoor_guard.caching.dataset_fingerprint: this datasets version keeps no Dataset._fingerprint; "
+            "hf_backdoor_guard.runtime.caching.dataset_fingerprint: this datasets version keeps no Dataset._fingerprint; "
             "update the helper to its new way of naming a dataset's fingerprint."
         )
     return fingerprint

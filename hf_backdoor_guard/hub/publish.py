@@ -21,12 +21,12 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.utils import validate_repo_id
 
 from .cards import CardInfo, build_dataset_card, build_model_card, card_metrics, check_metrics
-from .loading import load_classifier, load_image_classifier, load_image_processor
-from .metrics import backdoor_metrics
-from .poisoning import POISON_COLUMNS  # ground truth of a research poisoning; never published by default
-from .outputs import check_output_dir
+from ..loading import load_classifier, load_image_classifier, load_image_processor
+from ..metrics import backdoor_metrics
+from ..poisoning import POISON_COLUMNS  # ground truth of a research poisoning; never published by default
+from ..runtime.outputs import check_output_dir
 from .staging import OWNER, check_staging_dir, stage, staged_files
-from .validation import check_int
+from ..validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def publish_model(
         push: upload after staging; ``False`` only stages (review the card first).
         private: visibility of a newly created repo (None: the account default).
         teacher_metrics: optional teacher numbers in the same shape, shown for comparison.
-        card_info: what the card states, as a :class:`~hf_backdoor_guard.cards.CardInfo`; or
+        card_info: what the card states, as a :class:`~hf_backdoor_guard.hub.cards.CardInfo`; or
         **details: its fields as keywords (``base_dataset``, ``teacher``, ``diffusion_model``,
             ``diffusion_settings``, ``distillation_settings``, ``seed``, ``license``,
             ``target_label``, ``poison_rate``, ``eval_split``, ``model_name``, ``tags``);
@@ -342,7 +342,7 @@ def publish_dataset(
     from datasets.utils import logging as datasets_logging
     from tqdm.auto import tqdm
 
-    from .validation import check_dataset
+    from ..validation import check_dataset
 
     _check_repo_id(repo_id)
     if isinstance(ds, Dataset):

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from .checkpoints import CheckpointReloadMixin
-from .console import QuietTrainerMixin
-from .loading import load_image_classifier
+from ..runtime.console import QuietTrainerMixin
+from ..loading import load_image_classifier
 from .teacher_logits import precompute_teacher_logits
-from .training import (
+from .classifier import (
     RawImageDatasetMixin,
     bind_backdoor_callbacks,
     check_num_labels,
@@ -50,7 +50,7 @@ from .transforms import (
     prepare_image_dataset,
     processors_match,
 )
-from .validation import check_fraction, check_number
+from ..validation import check_fraction, check_number
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class DistillationTrainer(QuietTrainerMixin, CheckpointReloadMixin, RawImageData
     Everything else goes to ``transformers.Trainer``. Beyond ``compute_loss`` (and, for
     unlabelled evaluation, ``prediction_step``) it differs only in that ``evaluate`` and
     ``predict`` accept raw image datasets too, and that checkpoints are handled by
-    :class:`~hf_backdoor_guard.checkpoints.CheckpointReloadMixin` (``resume_from_checkpoint=True``
+    :class:`~hf_backdoor_guard.training.checkpoints.CheckpointReloadMixin` (``resume_from_checkpoint=True``
     takes the newest *complete* checkpoint; weights reload through ``from_pretrained``).
     The teacher is not part of checkpoints: pass it again when resuming.
 

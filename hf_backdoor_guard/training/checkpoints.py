@@ -1,7 +1,7 @@
 """Resuming our Trainers from checkpoints: only complete checkpoints, with ViT's renamed weights intact.
 
 Two things ``transformers.Trainer`` gets wrong for this project, fixed here for
-:class:`~hf_backdoor_guard.training.ImageClassifierTrainer` and
+:class:`~hf_backdoor_guard.training.classifier.ImageClassifierTrainer` and
 :class:`~hf_backdoor_guard.DistillationTrainer`:
 
 * ``train(resume_from_checkpoint=True)`` takes the checkpoint with the highest step,

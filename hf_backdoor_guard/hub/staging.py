@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .outputs import (
+from ..runtime.outputs import (
     check_output_dir,
     claim_output_dir,
     locked,

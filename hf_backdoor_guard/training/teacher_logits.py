@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .loading import load_image_classifier
+from ..loading import load_image_classifier
 from .transforms import TEACHER_LOGITS, ImageClassificationTransform
-from .validation import check_image_column, check_int
+from ..validation import check_image_column, check_int
 
 
 class _TeacherLogits:
@@ -71,7 +71,7 @@ def precompute_teacher_logits(
     """
     from datasets import Features, List, Value
 
-    from .caching import derived_fingerprint
+    from ..runtime.caching import derived_fingerprint
 
     check_image_column(ds, image_column)
     if ds.format["type"] is not None:

@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from .metrics import backdoor_metrics
-from .validation import check_fraction, check_int, check_seed
+from ..metrics import backdoor_metrics
+from ..validation import check_fraction, check_int, check_seed
 
 
 @dataclasses.dataclass
@@ -160,7 +160,7 @@ def template(name: str) -> str:
         return files("hf_backdoor_guard.model_cards").joinpath(name).read_text(encoding="utf-8")
     except ModuleNotFoundError:
         # Running from a source checkout without installing: model_cards/ sits next to the package.
-        return (Path(__file__).resolve().parent.parent / "model_cards" / name).read_text(encoding="utf-8")
+        return (Path(__file__).resolve().parent.parent.parent / "model_cards" / name).read_text(encoding="utf-8")
 
 
 def _fmt(value: Any) -> str:

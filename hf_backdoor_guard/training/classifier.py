@@ -21,9 +21,9 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .checkpoints import CheckpointReloadMixin
-from .console import QuietTrainerMixin
+from ..runtime.console import QuietTrainerMixin
 from .transforms import ImageClassificationCollator, prepare_image_dataset
-from .validation import check_dataset, check_int, check_label_column, check_number, check_target_label
+from ..validation import check_dataset, check_int, check_label_column, check_number, check_target_label
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class RawImageDatasetMixin:
 
 class ImageClassifierTrainer(QuietTrainerMixin, CheckpointReloadMixin, RawImageDatasetMixin, Trainer):
     """The plain ``Trainer``, resuming only from complete checkpoints and reloading renamed
-    weights (see :class:`~hf_backdoor_guard.checkpoints.CheckpointReloadMixin`), with
+    weights (see :class:`~hf_backdoor_guard.training.checkpoints.CheckpointReloadMixin`), with
     ``evaluate``/``predict`` that accept raw image datasets."""
 
 
@@ -139,7 +139,7 @@ class BackdoorMetricsCallback(TrainerCallback):
         label_column: str = "label",
         metric_key_prefix: str = "eval",
     ):
-        from .poisoning import triggered_testset
+        from ..poisoning import triggered_testset
 
         num_classes = check_dataset(test_ds, image_column, label_column)
         check_target_label(target_label, num_classes, label_column)
@@ -165,7 +165,7 @@ class BackdoorMetricsCallback(TrainerCallback):
 
     def compute(self, model) -> dict[str, float]:
         """``clean_accuracy``, ``attack_success_rate`` and ``robust_accuracy`` of ``model`` now."""
-        from .evaluation import evaluate_backdoor
+        from ..evaluation import evaluate_backdoor
 
         result = evaluate_backdoor(
             model, self.test_ds, self.attack, self.target_label, self.image_processor, self.batch_size,

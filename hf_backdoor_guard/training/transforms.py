@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import load_rgb
-from .validation import check_choice, check_fraction, check_image_column, check_number, check_seed
+from ..images import load_rgb
+from ..validation import check_choice, check_fraction, check_image_column, check_number, check_seed
 
 logger = logging.getLogger(__name__)
 
