@@ -7,7 +7,7 @@ imported on first use, so importing the package loads no Hub client.
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 # the public names (as the old single modules offered them) -> the module defining each; imported on first use
 _EXPORTS = {
@@ -26,13 +26,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
 def __dir__():
