@@ -15,7 +15,8 @@ the run (3 variations per image since 2026-11-25, the records of 2 variations ar
 2026-11-29 6 variations of 10 steps, temperature 1 and 6 student epochs, the earlier defaults are "v1";
 later on 2026-11-29 9 student epochs at learning rate 1e-3, the records of 6 epochs at 2e-3 are "v2").
 ``--plan zoo`` is the attack-zoo sweep of BENCHMARKS.md: every attack at seeds 0-2 (Blended 0-4),
-with the defaults and with "v1" side by side.
+with the defaults and with "v1" side by side. ``--plan sweeps`` is the red team's poisoning-rate (1%-30%) and
+trigger-strength sweep of BadNets and Blended (:data:`ATTACK_VARIANTS`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,18 @@ CONFIGS: dict[str, dict] = {
 }
 
 
+# config -> (attack, how the job plants it: poison rate and attack options changed from the world's setting). The
+# red team's sweeps (issue 21): the poisoning rate from 1% to 30% and the trigger's strength (Blended's blend ratio,
+# BadNets' patch side) for the two classic attacks; 10% / ratio 0.2 / 3 px are the zoo's own runs ("default").
+ATTACK_VARIANTS: dict[str, tuple[str, dict]] = {
+    **{f"rate{rate:g}_{attack}": (attack, {"rate": rate}) for rate in (0.01, 0.03, 0.2, 0.3)
+       for attack in ("badnets", "blended")},
+    **{f"ratio{ratio:g}": ("blended", {"options": {"ratio": ratio}}) for ratio in (0.05, 0.1, 0.3)},
+    **{f"size{size}": ("badnets", {"options": {"size": size}}) for size in (2, 4, 5)},
+}
+CONFIGS.update({name: {} for name in ATTACK_VARIANTS})  # the defence's defaults: only the attack changes
+
+
 def plan(name: str, seeds: list[int]) -> list[tuple[str, str, int]]:
     """Jobs (config, attack, seed), most important first (a time budget cuts the tail)."""
     jobs = []
@@ -108,6 +121,8 @@ def plan(name: str, seeds: list[int]) -> list[tuple[str, str, int]]:
             for config in ("default", "v1"):
                 jobs += [(config, a, seed) for a in ATTACKS if seed < 3 or a == "blended"]
         jobs += [("fast", a, 0) for a in ("wanet", "adaptive_blend", "adaptive_patch")] + [("fast", "blended", 4)]
+    if name == "sweeps":
+        jobs += [(config, attack, s) for s in seeds for config, (attack, _) in ATTACK_VARIANTS.items()]
     if name in ("defaults", "full"):
         jobs += [("default", a, s) for s in seeds for a in ATTACKS]
     if name == "full":
@@ -139,6 +154,8 @@ def run_job(job: tuple[str, str, int]) -> dict:
 
     config, attack, seed = job
     overrides = json.loads(json.dumps(CONFIGS[config]))
+    if config in ATTACK_VARIANTS:
+        plant_variant(attack, ATTACK_VARIANTS[config])
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as out:
         import contextlib
@@ -148,9 +165,27 @@ def run_job(job: tuple[str, str, int]) -> dict:
             result = run_demo(attack, Path(out) / "demo", seed=seed, **overrides)
     return {"config": config, "attack": attack, "seed": seed, "seconds": result["seconds"],
             "timings": result["timings"], "models": result["models"], "detection": result.get("detection"),
+            "shipped": result.get("shipped", "student"), "poison_rate": result["settings"].get("poison_rate"),
             # what produced the numbers: the attack as planted, the variation settings, the machine's load
             "overrides": overrides, "attack_config": result.get("attack_config"), "variation": result.get("variation"),
             "rows": result.get("rows"), "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+
+
+def plant_variant(attack: str, variant: tuple[str, dict]) -> None:
+    """This job's process only (each job runs in a fresh one): the digits world plants ``attack`` as ``variant``
+    says. The world's table is the one place the demo reads an attack's setting from; the demo takes no
+    per-run attack options, on purpose (its settings are the documented ones)."""
+    import dataclasses
+
+    from hf_backdoor_guard.benchmark.attack_settings import EMBEDDED_ATTACKS, BenchmarkAttack
+
+    name, change = variant
+    if name != attack:
+        raise ValueError(f"the variant is for {name}, not {attack}")
+    base = EMBEDDED_ATTACKS.get(attack, BenchmarkAttack())
+    EMBEDDED_ATTACKS[attack] = dataclasses.replace(base, rate=change.get("rate", base.rate),
+                                                   options={**base.options, **change.get("options", {})},
+                                                   why="a red-team sweep point (benchmarks/demo_sweep.py)")
 
 
 def read_records(path: Path) -> list[dict]:
@@ -232,45 +267,113 @@ def summarize(path: Path) -> str:
     return "\n".join(lines)
 
 
-def verdict(runs: list[dict]) -> str:
-    """Issue 11's targets: teacher ASR >= 0.90 (planted); student ASR <= 0.05 (0.10 floor) with C-Acc within 0.02."""
-    def value(run, model, key):
-        return run["models"][model][key]
+def verdict(runs: list[dict], model: str = "student") -> str:
+    """Issue 11's targets: teacher ASR >= 0.90 (planted); ``model``'s ASR <= 0.05 (0.10 floor) with C-Acc within
+    0.02."""
+    def value(run, name, key):
+        return run["models"][name][key]
 
     planted = all(value(r, "teacher", "attack_success_rate") >= 0.90 for r in runs)
-    worst = max(value(r, "student", "attack_success_rate") for r in runs)
-    kept = all(value(r, "teacher", "clean_accuracy") - value(r, "student", "clean_accuracy") <= 0.02 for r in runs)
+    worst = max(value(r, model, "attack_success_rate") for r in runs)
+    kept = all(value(r, "teacher", "clean_accuracy") - value(r, model, "clean_accuracy") <= 0.02 for r in runs)
     removal = "removed" if worst <= 0.05 else "removed to the 0.10 floor" if worst <= 0.10 else "NOT removed"
     return (("planted" if planted else "NOT planted") + f", {removal}"
             + ("" if kept else ", C-Acc more than 0.02 below the teacher's"))
 
 
-def zoo_table(records: list[dict], config: str = "default") -> str:
-    """Markdown: per attack, teacher / student / variations_ce C-Acc, ASR and R-Acc (means over seeds),
-    the worst seed (highest student ASR), seconds per run and the verdict against issue 11's targets."""
+def zoo_table(records: list[dict], config: str = "default", model: str = "student") -> str:
+    """Markdown: per attack, teacher / student / ``model`` (when another) / variations_ce C-Acc, ASR and R-Acc (means
+    over seeds), ``model``'s worst seed (highest ASR), seconds per run and its verdict against issue 11's targets."""
     groups = defaultdict(dict)
     for record in records:
         if "models" in record and record["config"] == config:
             groups[record["attack"]][record["seed"]] = record  # newest run per seed
     metrics = ("clean_accuracy", "attack_success_rate", "robust_accuracy")
-    lines = ["| attack | seeds | teacher C-Acc / ASR / R-Acc | student C-Acc / ASR / R-Acc "
-             "| variations_ce C-Acc / ASR / R-Acc | worst seed: student C-Acc / ASR (teacher C-Acc) | s / run "
-             "| verdict |", "|---|---|---|---|---|---|---|---|"]
+    shown = ["teacher", "student"] + ([model] if model != "student" else []) + ["variations_ce"]
+    lines = ["| attack | seeds | " + " | ".join(f"{name} C-Acc / ASR / R-Acc" for name in shown)
+             + f" | worst seed: {model} C-Acc / ASR (teacher C-Acc) | s / run | verdict ({model}) |",
+             "|---|---|" + "---|" * len(shown) + "---|---|---|"]
     for attack in sorted(groups, key=lambda name: ATTACKS.index(name) if name in ATTACKS else len(ATTACKS)):
         runs = [groups[attack][seed] for seed in sorted(groups[attack])]
 
-        def means(model):
-            return " / ".join(f"{sum(r['models'][model][k] for r in runs) / len(runs):.3f}" for k in metrics)
+        def means(name):
+            return " / ".join(f"{sum(r['models'][name][k] for r in runs) / len(runs):.3f}" for k in metrics)
 
-        worst = max(runs, key=lambda r: (r["models"]["student"]["attack_success_rate"],
+        worst = max(runs, key=lambda r: (r["models"][model]["attack_success_rate"],
                                          r["models"]["teacher"]["clean_accuracy"]
-                                         - r["models"]["student"]["clean_accuracy"]))
+                                         - r["models"][model]["clean_accuracy"]))
         lines.append(
-            f"| {attack} | {','.join(str(r['seed']) for r in runs)} | {means('teacher')} | {means('student')} "
-            f"| {means('variations_ce')} | seed {worst['seed']}: {worst['models']['student']['clean_accuracy']:.3f} / "
-            f"{worst['models']['student']['attack_success_rate']:.3f} ({worst['models']['teacher']['clean_accuracy']:.3f}) "
-            f"| {sum(r['seconds'] for r in runs) / len(runs):.0f} | {verdict(runs)} |")
+            f"| {attack} | {','.join(str(r['seed']) for r in runs)} | " + " | ".join(means(name) for name in shown)
+            + f" | seed {worst['seed']}: {worst['models'][model]['clean_accuracy']:.3f} / "
+            f"{worst['models'][model]['attack_success_rate']:.3f} ({worst['models']['teacher']['clean_accuracy']:.3f}) "
+            f"| {sum(r['seconds'] for r in runs) / len(runs):.0f} | {verdict(runs, model)} |")
     return "\n".join(lines)
+
+
+def sweep_points(records: list[dict], zoo: list[dict]) -> dict:
+    """``{(attack, knob): {x: [records]}}`` for the red-team sweeps: knob "rate" (the poisoning rate) or
+    "strength" (Blended's ratio, BadNets' patch side); the zoo's default runs give the default point."""
+    defaults = {"badnets": {"rate": 0.1, "strength": 3}, "blended": {"rate": 0.1, "strength": 0.2}}
+    points: dict = defaultdict(lambda: defaultdict(list))
+    for record in records + [r for r in zoo if r.get("config") == "default" and r["attack"] in defaults]:
+        if "models" not in record:
+            continue
+        attack, config = record["attack"], record["config"]
+        if config == "default":
+            for knob, x in defaults[attack].items():
+                points[(attack, knob)][x].append(record)
+            continue
+        _, change = ATTACK_VARIANTS[config]
+        if "rate" in change:
+            points[(attack, "rate")][change["rate"]].append(record)
+        else:
+            points[(attack, "strength")][next(iter(change["options"].values()))].append(record)
+    return points
+
+
+def sweep_table(points: dict, models=("teacher", "student", "student_retaught")) -> str:
+    """Markdown: per attack, knob and value, each model's C-Acc and ASR mean / worst over seeds."""
+    lines = ["| attack | knob | value | seeds | " + " | ".join(f"{m} C-Acc / ASR mean / ASR worst" for m in models)
+             + " | flagged / poisoned (mean) |", "|---|---|---|---|" + "---|" * len(models) + "---|"]
+    for (attack, knob) in sorted(points):
+        for x in sorted(points[(attack, knob)]):
+            runs = points[(attack, knob)][x]
+
+            def cell(model):
+                asr = [r["models"][model]["attack_success_rate"] for r in runs]
+                cacc = sum(r["models"][model]["clean_accuracy"] for r in runs) / len(runs)
+                return f"{cacc:.3f} / {sum(asr) / len(asr):.3f} / {max(asr):.3f}"
+
+            flagged = sum(r["detection"]["flagged"] for r in runs) / len(runs)
+            poisoned = sum(r["detection"]["poisoned"] for r in runs) / len(runs)
+            lines.append(f"| {attack} | {knob} | {x:g} | {','.join(str(r['seed']) for r in runs)} | "
+                         + " | ".join(cell(m) for m in models) + f" | {flagged:.0f} / {poisoned:.0f} |")
+    return "\n".join(lines)
+
+
+def sweep_plot(points: dict, path: Path, models=("teacher", "student", "student_retaught")) -> None:
+    """ASR (mean over seeds, bars to the worst seed) against the rate and the trigger strength, per attack."""
+    from matplotlib.figure import Figure
+
+    panels = sorted(points)
+    figure = Figure(figsize=(4.2 * len(panels), 3.6), dpi=100, layout="constrained")
+    labels = {"rate": "poisoning rate", "strength": {"blended": "blend ratio", "badnets": "patch side (px)"}}
+    for axis, (attack, knob) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        xs = sorted(points[(attack, knob)])
+        for model in models:
+            asr = [[r["models"][model]["attack_success_rate"] for r in points[(attack, knob)][x]] for x in xs]
+            means = [sum(a) / len(a) for a in asr]
+            axis.errorbar(xs, means, yerr=[[0] * len(xs), [max(a) - m for a, m in zip(asr, means)]], marker="o",
+                          capsize=3, label=model)
+        for goal, style in ((0.10, ":"), (0.05, "--")):
+            axis.axhline(goal, color="grey", linestyle=style, linewidth=1)
+        axis.set_xscale("log" if knob == "rate" else "linear")
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_xlabel(labels[knob] if knob == "rate" else labels[knob][attack])
+        axis.set_ylabel("ASR (mean; bar: worst seed)")
+        axis.set_title(f"{attack}: {knob}")
+    figure.axes[0].legend(fontsize=8)
+    figure.savefig(path)
 
 
 def detection_table(records: list[dict]) -> str:
@@ -294,7 +397,7 @@ def detection_table(records: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", choices=["smoke", "defaults", "blended", "full", "zoo"], default="defaults")
+    parser.add_argument("--plan", choices=["smoke", "defaults", "blended", "full", "zoo", "sweeps"], default="defaults")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", nargs="+", metavar="CONFIG:ATTACK:SEED",
                         help="Run exactly these jobs instead of a --plan (e.g. s0.7:badnets:0).")
@@ -306,10 +409,19 @@ def main() -> None:
     parser.add_argument("--zoo", metavar="CONFIG",
                         help="With --summarize: the attack-zoo table (every model's C-Acc, ASR, R-Acc and the "
                              "verdict per attack) of this config instead.")
+    parser.add_argument("--sweeps", nargs=2, type=Path, metavar=("ZOO_RESULTS", "PLOT"),
+                        help="With --summarize (the --plan sweeps file): the sweep table, with the default points "
+                             "from the zoo's file, and the plot written to PLOT.")
+    parser.add_argument("--model", default="student",
+                        help="With --zoo: the model the verdict judges (e.g. student_retaught, the shipped one).")
     args = parser.parse_args()
     if args.summarize:
-        if args.zoo:
-            print(zoo_table(read_records(args.summarize), args.zoo))
+        if args.sweeps:
+            points = sweep_points(read_records(args.summarize), read_records(args.sweeps[0]))
+            print(sweep_table(points))
+            sweep_plot(points, args.sweeps[1])
+        elif args.zoo:
+            print(zoo_table(read_records(args.summarize), args.zoo, args.model))
         else:
             print(summarize(args.summarize))
         return

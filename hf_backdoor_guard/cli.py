@@ -51,7 +51,7 @@ def build_parser(defend_defaults: dict | None = None) -> argparse.ArgumentParser
     )
     add_embedded_run_options(demo, "demo", "backdoor-guard-demo", "Where the report is written.")
     demo.add_argument("--push-to-hub", metavar="REPO", default=None,
-                      help="Publish the distilled student to this Hub repo with a model card (one attack only).")
+                      help="Publish the shipped model (model/) to this Hub repo with a model card (one attack only).")
 
     compare = commands.add_parser(
         "compare", parents=[shared],
@@ -92,7 +92,8 @@ def build_parser(defend_defaults: dict | None = None) -> argparse.ArgumentParser
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="Run the whole method on your dataset: a robust model, a cleaned dataset and the suspicious rows.",
         description="Train a teacher on your (possibly poisoned) data, generate diffusion variations of every "
-        "training image, flag the rows whose variations disagree with the teacher, and distil a robust student. "
+        "training image, flag the rows whose variations disagree with the teacher, train a second teacher on the "
+        "rows kept, and distil a robust student from it. "
         "Writes model/, cleaned/, detection.json and report.md to --output_dir; every stage is cached there, so a "
         "rerun resumes. Runs under `accelerate launch -m hf_backdoor_guard.cli defend ...` with several processes. "
         "The options are DefendConfig's (the data, model and attack options are the recipes' too); each flag is "

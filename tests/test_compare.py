@@ -49,7 +49,7 @@ def _no_data(monkeypatch):
 
 def test_compare_writes_the_leaderboard_of_none_our_students_and_the_peer_defenses(compared):
     out, board, lines = compared["out"], compared["board"], compared["lines"]
-    names = ["none", "student", "student_cleaned", *ROWS]
+    names = ["none", "student", "student_retaught", "student_cleaned", *ROWS]
     assert {p.name for p in out.iterdir()} >= {"leaderboard.json", "leaderboard.md", "leaderboard.png", "method",
                                               "defenses", MARKER}
     saved = json.loads((out / "leaderboard.json").read_text())
@@ -64,15 +64,20 @@ def test_compare_writes_the_leaderboard_of_none_our_students_and_the_peer_defens
     assert none["der"] == 0.5
     # "none" and our students are the pipeline's own models and numbers (method/metrics.json)
     method = json.loads((out / "method" / "metrics.json").read_text())
-    for row, model in (("none", "teacher"), ("student", "student"), ("student_cleaned", "student_cleaned")):
+    for row, model in (("none", "teacher"), ("student", "student"), ("student_retaught", "student_retaught"),
+                       ("student_cleaned", "student_cleaned")):
         assert {k: saved["defenses"][row][k] for k in method["models"][model]} == method["models"][model]
     timings = method["timings"]
-    share = timings["evaluation"] / 3  # teacher, student, student_cleaned
+    share = timings["evaluation"] / 5  # teacher, teacher_kept, student, student_retaught, student_cleaned
     assert none["seconds"] == pytest.approx(timings["teacher"] + share, abs=0.06)
     student = saved["defenses"]["student"]
     assert student["seconds"] == pytest.approx(timings["variations"] + timings["detection"] + timings["student"]
                                                + share, abs=0.06)
     assert "teacher" not in student["info"]["seconds"]  # the teacher is counted in "none"
+    retaught = saved["defenses"]["student_retaught"]  # the second teacher is the shipped model's own cost
+    assert retaught["seconds"] == pytest.approx(
+        sum(timings[stage] for stage in ("variations", "detection", "teacher_kept", "teacher_kept_logits",
+                                         "student_retaught")) + share, abs=0.06)
     assert saved["defenses"]["student_cleaned"]["detection"]["auroc"] == method["detection"]["auroc"]
     # the baselines ran on the method's poisoned rows, with a 5% clean subset, from the method's diffusion model
     from datasets import load_from_disk
@@ -104,7 +109,7 @@ def test_a_rerun_reuses_every_finished_row_and_changed_settings_are_refused_befo
     lines: list[str] = []
     again = run_compare("badnets", 3, out, defenses=ROWS, report=lines.append, **TINY)
     assert again == compared["board"]
-    assert all(line.endswith("(finished earlier)") for line in lines[3:]) and len(lines) == 3 + len(ROWS)
+    assert all(line.endswith("(finished earlier)") for line in lines[4:]) and len(lines) == 4 + len(ROWS)
     _no_data(monkeypatch)
     with pytest.raises(ValueError, match="'teacher' made with other settings .num_train_epochs: was 3.0, now 4.0"):
         run_compare("badnets", 3, out, defenses=ROWS, **dict(TINY, num_train_epochs=4))
@@ -117,9 +122,9 @@ def test_a_rerun_reuses_every_finished_row_and_changed_settings_are_refused_befo
 
 
 def test_every_registered_defense_is_a_row_and_the_tuned_rows_are_separate():
-    assert row_names()[:3] == ["none", "student", "student_cleaned"]
+    assert row_names()[:4] == ["none", "student", "student_retaught", "student_cleaned"]
     registered = [name for name in DEFENSES.names() if name != "none"]
-    assert row_names()[3:3 + len(registered)] == registered  # the papers' settings: the primary rows
+    assert row_names()[4:4 + len(registered)] == registered  # the papers' settings: the primary rows
     assert defense_variants()["abl"] == ("abl", {})
     tuned = [name for name in row_names() if name.endswith("_tuned")]
     assert tuned == ["abl_tuned", "activation_clustering_tuned"]
@@ -129,7 +134,7 @@ def test_every_registered_defense_is_a_row_and_the_tuned_rows_are_separate():
 @pytest.mark.parametrize("kwargs, message", [
     ({"attack": "trojan"}, r"Unknown attack 'trojan'; choose from \['badnets', .*'all'\]"),
     ({"defenses": ["nad", "nope"]}, (r"Unknown defense\(s\) \['nope'\]; choose from \['none', 'student', "
-                                     r"'student_cleaned', 'abl', 'fine_pruning'")),
+                                     r"'student_retaught', 'student_cleaned', 'abl', 'fine_pruning'")),
     ({"defenses": "abl,bogus"}, r"Unknown defense\(s\) \['bogus'\]"),
     ({"seed": -1}, "seed"),
     ({"epochs": 3}, r"unknown option\(s\) \['epochs'\]"),
@@ -191,7 +196,7 @@ def test_all_attacks_write_one_leaderboard_each_and_one_with_every_attack(tmp_pa
     for name in ("badnets", "sig"):
         single = json.loads((out / name / "leaderboard.json").read_text())
         assert single == board["attacks"][name] and single["attack"] == name
-        assert list(single["defenses"]) == ["none", "student", "student_cleaned", "nad"]
+        assert list(single["defenses"]) == ["none", "student", "student_retaught", "student_cleaned", "nad"]
     markdown = (out / "leaderboard.md").read_text()
     assert "## badnets (seed 1)" in markdown and "## sig (seed 1)" in markdown
     # --overwrite starts over in compare's own folder, keeping a user's file
@@ -199,5 +204,6 @@ def test_all_attacks_write_one_leaderboard_each_and_one_with_every_attack(tmp_pa
     monkeypatch.setattr(demo, "attack_names", lambda: ("badnets",))
     board = run_compare("all", 2, out, defenses=[], overwrite=True, **quick)
     assert list(board["attacks"]) == ["badnets"] and board["seed"] == 2
-    assert list(board["attacks"]["badnets"]["defenses"]) == ["none", "student", "student_cleaned"]
+    assert list(board["attacks"]["badnets"]["defenses"]) == ["none", "student", "student_retaught",
+                                                             "student_cleaned"]
     assert not (out / "sig").exists() and (out / "notes.txt").read_text() == "mine"

@@ -20,8 +20,13 @@ from digits_folder import poisoned_rows, write_digits_imagefolder  # noqa: E402
 
 from hf_backdoor_guard.cli import main  # noqa: E402
 
+# A short run: one variation of 400 rows gives the students so few steps that the defaults (3/4 of the teacher's
+# epochs at half its rate, measured with 6 variations of 800 rows) underfit (C-Acc 0.82); here they train as
+# long and as fast as the teacher.
 QUICK_CONFIG = """\
 num_train_epochs: 8
+student_epochs: 8
+student_learning_rate: 0.002
 variation_options:
   num_variations: 1
   num_inference_steps: 10
@@ -104,7 +109,9 @@ def test_defend_writes_model_cleaned_detection_and_report(defended, poisoned_fol
 
     model, processor, metrics = hbg.load_robust_model(str(defended / "model"))
     summary = json.loads((defended / "metrics.json").read_text())
-    assert list(metrics.values())[0]["clean_accuracy"] == pytest.approx(summary["models"]["student"]["clean_accuracy"])
+    assert summary["shipped"] == "student_retaught"
+    assert list(metrics.values())[0]["clean_accuracy"] == pytest.approx(
+        summary["models"]["student_retaught"]["clean_accuracy"])
     plain = AutoModelForImageClassification.from_pretrained(defended / "model", use_safetensors=True)
     assert plain.config.num_labels == 10
     from datasets import load_dataset
@@ -122,7 +129,8 @@ def test_defend_writes_model_cleaned_detection_and_report(defended, poisoned_fol
     report = (defended / "report.md").read_text()
     assert "![the most suspicious training images](gallery.png)" in report
     assert f"**{flagged.sum()} of 400**" in report and "| teacher |" in report and "| student |" in report
-    for stage in ("data", "teacher", "variations", "detection", "student", "evaluation"):
+    for stage in ("data", "teacher", "variations", "detection", "student", "teacher_kept", "teacher_kept_logits",
+                  "student_retaught", "evaluation"):
         assert f"| {stage} |" in report  # every stage's time
 
 
@@ -233,5 +241,52 @@ def test_students_train_at_their_own_learning_rate(tmp_path):
     assert baseline.learning_rate == 5e-4 and not hasattr(baseline, "temperature")
     changed = student_arguments(run, config, shared, seed=7, student_epochs=6, learning_rate=1e-3, weight_decay=0.0)
     assert (changed.learning_rate, changed.num_train_epochs, changed.seed, changed.weight_decay) == (1e-3, 2.0, 7, 0.0)
-    unset = student_arguments(run, DefendConfig(dataset_name="x", learning_rate=3e-3, num_train_epochs=6), shared)
-    assert (unset.learning_rate, unset.num_train_epochs) == (3e-3, 2.0)  # the teacher's rate and epochs
+    unset = student_arguments(run, DefendConfig(dataset_name="x", learning_rate=3e-3, num_train_epochs=8), shared)
+    assert (unset.learning_rate, unset.num_train_epochs) == (1.5e-3, 2.0)  # half the teacher's rate, 3/4 its epochs
+    assert unset.temperature == 1.0
+
+
+def test_switching_the_second_teacher_reuses_every_trained_stage(defended, poisoned_folder, start_model):
+    """--retrain_teacher false ships the first teacher's student; switching either way trains nothing again (the
+    cached models are measured anew: an evaluation of other models is made again, not refused)."""
+    from hf_backdoor_guard import load_robust_model
+
+    args = ["defend", "--dataset_name", "imagefolder", "--data-dir", str(poisoned_folder), "--model_name_or_path",
+            str(start_model), "--diffusion-model", "embedded", "--output-dir", str(defended), "--config",
+            str(defended.parent / "quick.yaml"), "--seed", "0"]
+    before = json.loads((defended / "stages" / "stages.json").read_text())
+    try:
+        assert main(args + ["--retrain_teacher", "false"]) == 0
+        summary = json.loads((defended / "metrics.json").read_text())
+        assert summary["shipped"] == "student" and "student_retaught" not in summary["models"]
+        assert list(load_robust_model(str(defended / "model")).metrics.values())[0] == \
+            pytest.approx(summary["models"]["student"])
+    finally:
+        assert main(args) == 0  # back to the default for the other tests
+    after = json.loads((defended / "stages" / "stages.json").read_text())
+    trained = [stage for stage in before if stage != "evaluation"]
+    assert {stage: after[stage] for stage in trained} == {stage: before[stage] for stage in trained}
+    assert after["evaluation"]["settings"] == before["evaluation"]["settings"]
+    assert json.loads((defended / "metrics.json").read_text())["shipped"] == "student_retaught"
+
+
+def test_second_teacher_needs_a_kept_row():
+    from datasets import Dataset
+
+    from hf_backdoor_guard.pipeline.stages import kept_rows
+
+    train = Dataset.from_dict({"label": [0, 1, 2]})
+    assert kept_rows(train, {"flagged": [1]})["label"] == [0, 2]
+    with pytest.raises(ValueError, match="flagged every training row.*--detection_threshold.*--retrain_teacher false"):
+        kept_rows(train, {"flagged": [0, 1, 2]})
+
+
+def test_a_student_stage_records_what_its_unset_options_stood_for():
+    """An unset student option follows the teacher's; the value it stood for decides the cached student, so a
+    folder made when "unset" meant another value (the students once trained at the teacher's rate) is refused."""
+    from hf_backdoor_guard.pipeline.config import DefendConfig, stage_settings
+
+    unset = stage_settings(DefendConfig(dataset_name="x", num_train_epochs=8, learning_rate=3e-3), "student")
+    assert (unset["epochs_used"], unset["learning_rate_used"]) == (6.0, 1.5e-3)
+    given = stage_settings(DefendConfig(dataset_name="x", student_epochs=9, student_learning_rate=1e-3), "student")
+    assert "epochs_used" not in given and "learning_rate_used" not in given  # the demo's folders keep their records

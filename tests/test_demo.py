@@ -16,7 +16,8 @@ QUICK = dict(max_train_samples=120, max_eval_samples=60, num_train_epochs=3, stu
 
 
 def _check_metrics(models):
-    assert set(models) == {"teacher", "student", "student_cleaned", "variations_ce"}
+    assert list(models) == ["teacher", "teacher_kept", "student", "student_retaught", "student_cleaned",
+                            "variations_ce"]
     for values in models.values():
         assert set(values) == {"clean_accuracy", "attack_success_rate", "robust_accuracy"}
         assert all(0.0 <= v <= 1.0 for v in values.values())
@@ -55,8 +56,13 @@ def test_short_demo_writes_every_report_file(tmp_path):
     assert len(flagged) == detection["flagged"] and len(set(flagged)) == len(flagged)
     from hf_backdoor_guard import load_robust_model
 
-    assert load_robust_model(str(out / "model")).metrics["badnets"]["clean_accuracy"] == \
-        pytest.approx(metrics["models"]["student"]["clean_accuracy"])
+    # model/ is the student distilled from the second teacher (on the kept rows), and says so
+    assert metrics["shipped"] == "student_retaught" and "| student_retaught |" in report
+    shipped = load_robust_model(str(out / "model"))
+    assert shipped.metrics["badnets"] == pytest.approx(metrics["models"]["student_retaught"])
+    assert "rows detection kept" in (out / "model" / "README.md").read_text()
+    records = json.loads((out / "stages" / "stages.json").read_text())
+    assert records["teacher_kept"]["details"]["steps"] < records["teacher"]["details"]["steps"]  # fewer rows
 
 
 def test_rerun_in_its_own_folder_and_user_files_are_protected(tmp_path):
@@ -138,7 +144,7 @@ def test_cli_demo_options():
     assert (args.attack, args.output_dir, args.seed) == ("all", "d", 4)
 
 
-def test_push_to_hub_publishes_the_student_with_its_card(tmp_path, monkeypatch):
+def test_push_to_hub_publishes_the_shipped_model_with_its_card(tmp_path, monkeypatch):
     """The upload itself cannot happen offline: a recording stand-in for HfApi takes its place."""
     from hf_backdoor_guard.hub import publish as hub
 
@@ -163,7 +169,7 @@ def test_push_to_hub_publishes_the_student_with_its_card(tmp_path, monkeypatch):
                      ("upload_folder", "me/digits-robust", str(staged), "model")]
     assert (staged / "model.safetensors").is_file() and (staged / "preprocessor_config.json").is_file()
     card_metrics = hub.card_metrics(hub.ModelCard.load(staged / "README.md"))
-    assert card_metrics["badnets"] == pytest.approx(metrics["models"]["student"])
+    assert card_metrics["badnets"] == pytest.approx(metrics["models"][metrics["shipped"]])
     assert json.loads((out / "metrics.json").read_text())["hub"]["repo_id"] == "me/digits-robust"
 
 

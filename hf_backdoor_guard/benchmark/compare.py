@@ -5,7 +5,8 @@ embedded setting of each attack, :func:`~hf_backdoor_guard.benchmark.attack_sett
 
 1. the method runs through the pipeline (:func:`~hf_backdoor_guard.pipeline.run_defend`,
    the demo's configuration): the teacher on the poisoned data is the undefended model
-   ``"none"``; the distilled ``"student"`` and ``"student_cleaned"`` are ours;
+   ``"none"``; the distilled ``"student"``, ``"student_retaught"`` (the shipped ``model/``)
+   and ``"student_cleaned"`` are ours;
 2. every row of :func:`~hf_backdoor_guard.defenses.defense_variants` (each registered
    defense at its paper settings, then the ``*_tuned`` rows) runs on the run's own
    poisoned training split, starting from that teacher where it needs a backdoored model,
@@ -27,10 +28,11 @@ finished stages and the finished defense rows, and refuses changed settings by n
 Seconds, per row (a stage finished by an earlier run keeps the time it took then):
 
 * ``none``: the teacher's training (the pipeline's ``teacher`` stage) and its evaluation;
-* ``student`` / ``student_cleaned``: the method's own share of the pipeline: the
-  variations, detection (the teacher's logits on the variations, which the student is
-  distilled from), that student's training, and its evaluation; not the teacher, which
-  is counted in ``none``. Both students count the shared variations in full: each
+* ``student`` / ``student_retaught`` / ``student_cleaned``: the method's own share of the
+  pipeline: the variations, detection (the teacher's logits on the variations, which the
+  student is distilled from), that student's training (for ``student_retaught`` also the
+  second teacher and its logits), and its evaluation; not the teacher, which
+  is counted in ``none``. Each student counts the shared variations in full: each
   number is what that student alone costs once the teacher exists;
 * peer defenses: the defense's own work (its training phases, pruning, scoring) and its
   evaluation; the backdoored model the post-training defenses start from is the teacher,
@@ -58,7 +60,10 @@ OWNER = "compare"
 METHOD_DIR = "method"
 DEFENSES_DIR = "defenses"
 REFERENCE = "none"
-METHOD_ROWS = ("student", "student_cleaned")
+METHOD_ROWS = ("student", "student_retaught", "student_cleaned")
+# The stages each method row adds to the shared variations and detection (for its seconds).
+METHOD_STAGES = {"student": ("student",), "student_retaught": ("teacher_kept", "teacher_kept_logits", "student_retaught"),
+                 "student_cleaned": ("student_cleaned",)}
 CLEAN_SHARE = 0.05  # BackdoorBench's clean subset: 5% of the training size
 LEADERBOARD_FILES = ("leaderboard.json", "leaderboard.md", "leaderboard.png")
 SINGLE_OUTPUTS = (*LEADERBOARD_FILES, METHOD_DIR, DEFENSES_DIR)
@@ -72,6 +77,12 @@ METHOD_ASSUMES: dict[str, Assumptions] = {
                  "every training image, trains a new model distilled from the teacher on them",
         inference_cost="none",
     ),
+    "student_retaught": Assumptions(
+        clean_data=_DIFFUSION_CLEAN,
+        training="as student, distilled from a second teacher trained on the rows detection did not flag (the "
+                 "shipped model/)",
+        inference_cost="none",
+    ),
     "student_cleaned": Assumptions(
         clean_data=_DIFFUSION_CLEAN,
         training="as student, on the variations of the rows detection did not flag",
@@ -79,8 +90,9 @@ METHOD_ASSUMES: dict[str, Assumptions] = {
     ),
 }
 SECONDS_NOTES = (
-    ("Seconds: `none` = the teacher's training and evaluation; `student`, `student_cleaned` = variations, "
-     "detection (the teacher's logits on the variations), that student's training and evaluation (not the "
+    ("Seconds: `none` = the teacher's training and evaluation; `student`, `student_retaught`, `student_cleaned` = "
+     "variations, detection (the teacher's logits on the variations), that student's training (for "
+     "`student_retaught` also the second teacher and its logits) and evaluation (not the "
      "teacher); peer defenses = the defense's own work and its evaluation (not the backdoored model they start "
      "from, which is the teacher). A stage finished by an earlier run keeps the time it took then."),
     ("`*_tuned`: options chosen with the embedded benchmark's ground truth (BadNets, seed 0; "
@@ -226,7 +238,7 @@ def run_compare(attack: str = "badnets", seed: int = 0, output_dir: str | os.Pat
         seed: seeds the poisoning, the models, the variations and the clean subset.
         output_dir: new, empty, or an earlier compare's folder.
         defenses: the peer-defense rows to run (default: every one, :func:`row_names`);
-            ``none``, ``student`` and ``student_cleaned`` always run.
+            ``none``, ``student``, ``student_retaught`` and ``student_cleaned`` always run.
         overwrite: start over in an earlier compare's folder (removes only what compare wrote).
         report: receives one progress line per row (default: the logger).
         settings: :class:`~hf_backdoor_guard.benchmark.demo.DemoSettings` fields (``max_train_samples``,
@@ -294,7 +306,7 @@ def compare_attack(attack_name: str, folder: Path, seed: int, settings, rows: Se
 
 
 def method_records(method: dict) -> dict[str, dict]:
-    """``none``, ``student`` and ``student_cleaned`` from a ``run_defend`` result (its ``metrics.json``).
+    """``none`` and the method's rows (:data:`METHOD_ROWS`) from a ``run_defend`` result (its ``metrics.json``).
 
     Metrics are the pipeline's evaluation; seconds are the stage records' (see the module
     docstring), with an equal share of the evaluation stage per model it measured.
@@ -311,7 +323,7 @@ def method_records(method: dict) -> dict[str, dict]:
                                          DEFENSES[REFERENCE].assumes, {}, {"seconds": {"teacher": timings["teacher"]}})}
     shared = {stage: timings[stage] for stage in ("variations", "detection")}
     for name in METHOD_ROWS:
-        own = {**shared, name: timings[name]}
+        own = {**shared, **{stage: timings[stage] for stage in METHOD_STAGES[name]}}
         records[name] = _method_record(models[name], sum(own.values()) + evaluation, METHOD_ASSUMES[name], options,
                                        {"seconds": own})
     detection = method["detection"]

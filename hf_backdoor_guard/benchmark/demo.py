@@ -5,9 +5,10 @@
    (:func:`~hf_backdoor_guard.benchmark.attack_settings.embedded_attack`; target 0).
 2. Run the pipeline (:func:`~hf_backdoor_guard.pipeline.run_defend`): a teacher (the
    ``small-resnet``) on the poisoned data, SDEdit variations from the embedded diffusion
-   model (which never saw the victim's data), detection, the distilled student, the
-   student on the kept rows, and ``variations_ce`` (plain cross-entropy on the variations)
-   as a baseline; C-Acc, ASR and R-Acc of each.
+   model (which never saw the victim's data), detection, the distilled student, a second
+   teacher on the kept rows and the student distilled from it (``student_retaught``, the
+   shipped ``model/``), the student on the kept rows, and ``variations_ce`` (plain
+   cross-entropy on the variations) as a baseline; C-Acc, ASR and R-Acc of each.
 3. Write the report to ``output_dir``: ``metrics.json``, ``report.md``, ``samples.png``,
    ``metrics.png``, ``suspicion.png``, ``gallery.png``, plus ``defend``'s ``model/``,
    ``cleaned/``, ``detection.json`` and the stage cache ``stages/`` (a rerun with the same
@@ -34,7 +35,6 @@ from ..pipeline.report import metrics_table
 logger = logging.getLogger(__name__)
 
 OWNER = "demo"
-MODEL_NAMES = ("teacher", "student", "student_cleaned", "variations_ce")
 REPORT_FILES = ("metrics.json", "report.md", "samples.png", "metrics.png", "suspicion.png", "gallery.png")
 SUMMARY_FILES = ("summary.json", "report.md", "metrics.png")
 TARGET_LABEL = 0
@@ -218,7 +218,7 @@ def run_demo(
         attack: a registered attack name, ``all``, or a list of names (one subfolder each, like ``all``).
         output_dir: new, empty, or an earlier demo's folder.
         seed: seeds poisoning, model initialisation, training order and variation noise.
-        push_to_hub: a Hub repo id: publish the distilled student there, with a model card
+        push_to_hub: a Hub repo id: publish the shipped model (``model/``) there, with a model card
             (one attack only; the staged files are ``output_dir/model``).
         overwrite: start over in an earlier demo's folder with other settings (only the
             demo's own outputs are removed).
@@ -264,8 +264,7 @@ def _summary_report(summary: dict) -> str:
               "|---|---|" + "---|" * len(metrics) + "---|"]
     for name, result in summary["attacks"].items():
         detection = result["detection"]
-        for model in MODEL_NAMES:
-            values = result["models"][model]
+        for model, values in result["models"].items():
             lines.append(f"| [{name}]({name}/report.md) | {model} | "
                          + " | ".join(f"{values[m.name]:.3f}" for m in metrics)
                          + f" | {detection['flagged']} / {detection['poisoned']} |")

@@ -105,7 +105,8 @@ def run_redteam(output_dir: str | os.PathLike = "backdoor-guard-redteam", seed: 
 
 def _row(metrics: dict, checks: dict, name: str) -> dict:
     models = metrics["models"]
-    return {"teacher": models["teacher"], "model": models["student"], "student_cleaned": models["student_cleaned"],
+    return {"teacher": models["teacher"], "model": models[metrics["shipped"]], "shipped": metrics["shipped"],
+            "student": models["student"],
             "clean_reference": checks["reference"][name], "survival": checks["canary"]["results"][name]["survival"],
             "retuning": checks["retuning"][name], "detection": metrics["detection"]}
 
@@ -169,11 +170,12 @@ def redteam_report(result: dict) -> str:
     """``redteam.md``: one row per attack, the goal, the canary and the re-tuning check."""
     lines = [f"# backdoor-guard redteam: {result['benchmark']}, seed {result['seed']}", "",
              "Every attack built against this defense, through the demo's defaults. `model/` is the shipped model "
-             "(the distilled student); the clean reference is the demo's teacher trained on the clean rows: its ASR "
+             "(`student_retaught` by default: distilled from a second teacher trained on the rows detection kept); "
+             "`student` is the paper's student, distilled from the first teacher; the clean reference is the demo's teacher trained on the clean rows: its ASR "
              "is what the trigger does to a model that never saw it. Survival: the share of the trigger the "
              "variation model keeps (the canary). Re-tuning: steps of fine-tuning on 8 triggered rows until "
              "ASR >= 0.5, for `model/` and for the clean reference.", "",
-             "| attack | teacher C-Acc / ASR | model/ C-Acc / ASR | student_cleaned ASR | clean reference ASR | "
+             "| attack | teacher C-Acc / ASR | model/ C-Acc / ASR | student ASR | clean reference ASR | "
              "survival | re-tuning steps (model/ / reference) | flagged / poisoned | ASR <= 0.10 |",
              "|---|---|---|---|---|---|---|---|---|"]
 
@@ -189,7 +191,7 @@ def redteam_report(result: dict) -> str:
         lines.append(
             f"| [{name}](attacks/{name}/report.md) | {teacher['clean_accuracy']:.3f} / "
             f"{teacher['attack_success_rate']:.3f} | {model['clean_accuracy']:.3f} / {model['attack_success_rate']:.3f} "
-            f"| {row['student_cleaned']['attack_success_rate']:.3f} | "
+            f"| {row['student']['attack_success_rate']:.3f} | "
             f"{row['clean_reference']['attack_success_rate']:.3f} | {row['survival']:.2f} | "
             f"{steps(retune['steps_model'])} / {steps(retune['steps_reference'])} | "
             f"{row['detection']['flagged']} / {row['detection']['poisoned']} | {goal} |")

@@ -4,8 +4,10 @@
 model, the classifier, the dataset's splits and columns), then runs the stages of
 :mod:`~hf_backdoor_guard.pipeline.stages` in ``OUTPUT_DIR/stages/`` and writes:
 
-* ``model/``: the robust student (``save_pretrained`` with its image processor and a card
-  with its metrics: ``hbg.load_robust_model(path)`` and ``AutoModelForImageClassification`` load it);
+* ``model/``: the robust student (``config.shipped_model``: distilled from a second teacher trained
+  on the rows detection kept, or from the first with ``retrain_teacher=False``), saved with
+  ``save_pretrained``, its image processor and a card with its metrics
+  (``hbg.load_robust_model(path)`` and ``AutoModelForImageClassification`` load it);
 * ``cleaned/``: the training rows detection did not flag (``save_to_disk``, the user's columns);
 * ``detection.json``: ``{"score", "threshold", "flagged": [row indices], "suspicion": [per row], ...}``;
 * ``report.md`` with ``gallery.png`` (the most suspicious images), ``suspicion.png``,
@@ -274,16 +276,38 @@ def _process_device(device: str) -> str:
 
 def run_plan(config: DefendConfig, inputs: Inputs) -> dict[str, dict]:
     """Every stage's settings for ``config`` (what decides its cached output), by stage name."""
-    plan = {name: stage_settings(config, name) for name in
-            ("data", "teacher", "variations", "detection", "student", "student_cleaned", "evaluation")}
+    names = ["data", "teacher", "variations", "detection", "student", "student_cleaned"]
+    if config.retrain_teacher:
+        names += ["teacher_kept", "teacher_kept_logits", "student_retaught"]
+    if config.baselines:
+        names.append("variations_ce")
+    plan = {name: stage_settings(config, name) for name in names}
+    plan["evaluation"] = stage_settings(config, "evaluation", models=evaluated_models(config))
     plan["data"].update(inputs.data_settings or {})
     if inputs.content is not None:
         plan["data"]["content"] = inputs.content
     if inputs.attack is not None:
         plan["data"].update(attack_config=inputs.attack.config(), poison_kwargs=inputs.poison_kwargs)
-    if config.baselines:
-        plan["variations_ce"] = stage_settings(config, "variations_ce")
     return plan
+
+
+def evaluated_models(config: DefendConfig) -> list[str]:
+    """The models a run of ``config`` trains and measures, in the report's order."""
+    names = ["teacher", "student", "student_cleaned"]
+    if config.retrain_teacher:
+        names[1:1] = ["teacher_kept"]
+        names.insert(3, "student_retaught")
+    if config.baselines:
+        names.append("variations_ce")
+    return names
+
+
+def refresh_evaluation(run: RunFolder, plan: dict) -> None:
+    """Discard a finished evaluation that measured other models (an older version's run, ``--retrain_teacher``
+    switched): it is made again from the cached models in seconds, instead of refusing the folder."""
+    record = run.record("evaluation")
+    if record and settings_differences(record.get("settings", {}), plan["evaluation"]):
+        run.discard("evaluation")
 
 
 @dataclass
@@ -298,6 +322,7 @@ class Shared:
     classifier: dict  # build_classifier's options
     training: dict  # training_arguments' options every model shares
     num_variations: int  # per source image
+    teacher_args: Any = None  # the teacher's TrainingArguments (the second teacher trains with them too)
 
 
 def shared_stages(run: RunFolder, config: DefendConfig, inputs: Inputs, plan: dict, device: str) -> Shared:
@@ -318,24 +343,53 @@ def shared_stages(run: RunFolder, config: DefendConfig, inputs: Inputs, plan: di
     detection = stages.detection_stage(
         run, teacher, processor, data["train"], variations, settings=plan["detection"], score=config.detection_score,
         threshold=config.detection_threshold, budget=config.detection_budget)
-    return Shared(data, teacher, processor, variations, detection, classifier, training, nv)
+    return Shared(data, teacher, processor, variations, detection, classifier, training, nv, teacher_args)
 
 
 def student_arguments(run: RunFolder, config: DefendConfig, shared: Shared, *, distill: bool = True,
                       seed: int | None = None, student_epochs: float | None = None, **training: Any):
     """The training arguments of ``config``'s models on the variations (distilled, or ``variations_ce``'s).
 
-    ``student_epochs`` (default ``config``'s) counts passes over the source images: the
-    student takes as many optimiser steps per source image as that many teacher epochs;
-    the learning rate is ``config.student_learning_rate`` (default ``config.learning_rate``).
+    ``student_epochs`` (default ``config``'s, 3/4 of the teacher's when unset) counts passes over
+    the source images: the student takes as many optimiser steps per source image as that many
+    teacher epochs; the learning rate is ``config.resolved_student_learning_rate`` (default half the teacher's).
     ``seed`` (default ``config.seed``) orders the data; ``training`` changes other options
     of :func:`~hf_backdoor_guard.pipeline.stages.training_arguments` (e.g. ``learning_rate``).
     """
-    epochs = (student_epochs or config.student_epochs or config.num_train_epochs) / shared.num_variations
+    epochs = (student_epochs or config.resolved_student_epochs) / shared.num_variations
     distillation = dict(distill=True, alpha=config.alpha, temperature=config.temperature) if distill else {}
-    training = {**shared.training, "learning_rate": config.student_learning_rate or config.learning_rate, **training}
+    training = {**shared.training, "learning_rate": config.resolved_student_learning_rate, **training}
     return stages.training_arguments(run.path, seed=config.seed if seed is None else seed, epochs=epochs,
                                      **distillation, **training)
+
+
+def retaught_models(run: RunFolder, config: DefendConfig, shared: Shared, plan: dict, student_args) -> dict:
+    """``teacher_kept`` (the teacher trained again on the rows detection kept) and ``student_retaught`` (distilled
+    from it on the variations of every row, as the student is from the first teacher), run or reused.
+
+    Why: a trigger the diffusion model keeps as content (a border, a global tint) is in the
+    variations of the poisoned rows, and the first teacher still answers the target on it,
+    so its soft labels teach the student the backdoor even when detection flagged every
+    poisoned row. The second teacher never saw the flagged rows; the student still learns
+    from every row's variations, so rows flagged wrongly cost no training data.
+    """
+    train = stages.kept_rows(shared.data["train"], shared.detection)
+    missing = sorted(set(shared.data["train"]["label"]) - set(train["label"]))
+    if missing:
+        logger.warning("Detection flagged every row of classes %s: the second teacher never sees them, so "
+                       "student_retaught will not learn them (--retrain_teacher false keeps the first teacher).",
+                       [shared.classifier["label_names"][label] for label in missing])
+    teacher, processor = stages.teacher_stage(run, train, settings=plan["teacher_kept"],
+                                              training_args=shared.teacher_args, seed=config.seed,
+                                              augment=config.augment, name="teacher_kept", **shared.classifier)
+    teacher.to(shared.teacher.device)
+    logits = stages.logits_stage(run, "teacher_kept_logits", teacher, processor, shared.variations,
+                                 settings=plan["teacher_kept_logits"])
+    student = stages.student_stage(
+        run, "student_retaught", shared.variations, {**shared.detection, "variation_logits": logits},
+        settings=plan["student_retaught"], training_args=student_args, seed=config.seed + 1,
+        teacher_logits=config.teacher_logits, keep_flagged=True, **shared.classifier)
+    return {"teacher_kept": (teacher, processor), "student_retaught": student}
 
 
 def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, poison_kwargs=None,
@@ -359,6 +413,7 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
                                      "wrote there)")
         plan = run_plan(config, inputs)
         restart_if_data_changed(run, plan)
+        refresh_evaluation(run, plan)
         run.check(plan)
         shared = shared_stages(run, config, inputs, plan, device)
         student_args = student_arguments(run, config, shared)
@@ -368,11 +423,14 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
                 run, name, shared.variations, shared.detection, settings=plan[name], training_args=student_args,
                 seed=config.seed + 1, teacher_logits=config.teacher_logits, keep_flagged=keep_flagged,
                 **shared.classifier)
+        if config.retrain_teacher:
+            models.update(retaught_models(run, config, shared, plan, student_args))
         if config.baselines:
             baseline_args = student_arguments(run, config, shared, distill=False)
             models["variations_ce"] = stages.baseline_stage(run, "variations_ce", shared.variations,
                                                             settings=plan["variations_ce"], training_args=baseline_args,
                                                             seed=config.seed + 1, **shared.classifier)
+        models = {name: models[name] for name in evaluated_models(config)}
         for model, _ in models.values():
             model.to(device)
         scores = stages.evaluation_stage(run, models, shared.data["eval"], settings=plan["evaluation"],
@@ -383,7 +441,8 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
             # so a run killed while writing them leaves names the next run may replace.
             record_outputs(output_dir, RECORDED_WHOLE)
             result = write_outputs(output_dir, run, config, inputs, shared.data, shared.variations, shared.detection,
-                                   scores, student=models["student"], started=started, report_title=report_title)
+                                   scores, student=models[config.shipped_model], started=started,
+                                   report_title=report_title)
         run.wait()
     return result if result is not None else {}
 
@@ -396,4 +455,4 @@ def defend_main(config: DefendConfig) -> dict:
 
 
 __all__ = ["OUTPUT_NAMES", "Inputs", "Shared", "check_folders_apart", "check_output_names", "data_folder", "defend_main",
-           "prepare", "restart_if_data_changed", "run_defend", "run_plan", "shared_stages", "student_arguments"]
+           "evaluated_models", "prepare", "restart_if_data_changed", "retaught_models", "run_defend", "run_plan", "shared_stages", "student_arguments"]

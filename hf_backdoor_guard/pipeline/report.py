@@ -20,11 +20,12 @@ from . import figures
 
 logger = logging.getLogger(__name__)
 
-MODEL_ORDER = ("teacher", "student", "student_cleaned", "variations_ce")
+MODEL_ORDER = ("teacher", "teacher_kept", "student", "student_retaught", "student_cleaned", "variations_ce")
 EXPLAIN = {
     "teacher": "trained on the training data as given (possibly poisoned); it learns the task, and any backdoor.",
-    "student": "trained on diffusion variations of the same data, distilled from the teacher's soft labels: "
-               "the robust model (`model/`).",
+    "teacher_kept": "the teacher again, trained on the rows detection did not flag.",
+    "student": "trained on diffusion variations of the same data, distilled from the teacher's soft labels.",
+    "student_retaught": "the student distilled from `teacher_kept` instead, on the variations of every row.",
     "student_cleaned": "the student again, after dropping the variations of every row detection flagged.",
     "variations_ce": "trained on the same variations with plain cross-entropy (no teacher): a baseline.",
 }
@@ -112,10 +113,14 @@ def _draw_figures(output_dir: Path, clean_train, train, variations, detection: d
 def _card_details(config, result: dict) -> dict[str, Any]:
     variation = {k: v for k, v in (result.get("variation") or {}).items()
                  if k in ("family", "num_variations", "num_inference_steps", "guidance_scale", "strength", "eta")}
-    return dict(base_dataset=result["data"], teacher=f"{config.model_name_or_path} trained on the training split",
+    teacher = (f"{config.model_name_or_path} trained on the training rows detection kept (a first one, trained on "
+               "every row, scored them)" if config.retrain_teacher else
+               f"{config.model_name_or_path} trained on the training split")
+    return dict(base_dataset=result["data"], teacher=teacher,
                 diffusion_model=config.diffusion_model, diffusion_settings=variation,
                 distillation_settings={"alpha": config.alpha, "temperature": config.temperature,
-                                       "teacher_logits": config.teacher_logits}, seed=config.seed)
+                                       "teacher_logits": config.teacher_logits,
+                                       "teacher_retrained_on_kept_rows": config.retrain_teacher}, seed=config.seed)
 
 
 def local_repo_name(output_dir: Path) -> str:
@@ -136,12 +141,12 @@ def _write_model(output_dir: Path, config, student, result: dict, push: bool):
 
     model, processor = student
     repo_id = config.push_to_hub or local_repo_name(output_dir)
-    models = result["models"]
+    models, shipped = result["models"], result["shipped"]
     if config.research:
-        metrics, teacher = {config.attack_name: models["student"]}, {config.attack_name: models["teacher"]}
+        metrics, teacher = {config.attack_name: models[shipped]}, {config.attack_name: models["teacher"]}
         research = dict(target_label=config.target_label, poison_rate=config.poison_rate)
     else:
-        metrics = {NO_ATTACK: {"clean_accuracy": models["student"]["clean_accuracy"]}}
+        metrics = {NO_ATTACK: {"clean_accuracy": models[shipped]["clean_accuracy"]}}
         teacher = {NO_ATTACK: {"clean_accuracy": models["teacher"]["clean_accuracy"]}}
         research = {}
     return publish_model(model, repo_id, metrics, processor, output_dir=output_dir / "model", push=push,
@@ -181,6 +186,7 @@ def write_outputs(output_dir: Path, run, config, inputs, data, variations, detec
         "seed": config.seed,
         "seconds": 0.0,
         "models": scores,
+        "shipped": config.shipped_model,  # the model in model/
         "detection": summary,
         "timings": run.timings(),
         "attack_config": inputs.attack.config() if inputs.attack is not None else None,
@@ -216,7 +222,8 @@ def render_report(result: dict, config, title: str) -> str:
     detection, rows = result["detection"], result["rows"]
     models = result["models"]
     lines = [f"# {title}", "", metrics_table(models), ""]
-    lines += [f"- **{name}**: {EXPLAIN[name]}" for name in MODEL_ORDER if name in models]
+    lines += [f"- **{name}**: {EXPLAIN[name]}" + (" The robust model (`model/`)." if name == result["shipped"] else "")
+              for name in MODEL_ORDER if name in models]
     lines.append("")
     lines.append(f"C-Acc: accuracy on the clean `{result['eval_split']}` split ({rows['test']} images).")
     if config.research:
@@ -243,7 +250,8 @@ def render_report(result: dict, config, title: str) -> str:
               f"- data: {result['data']}: {rows['train']} training rows"
               + (f" ({rows['poisoned']} poisoned)" if config.research else "") + f", {rows['test']} test rows.",
               f"- classifier: `{config.model_name_or_path}`; teacher {config.num_train_epochs:g} epochs, student distilled "
-              f"(alpha {config.alpha}, temperature {config.temperature}, teacher logits {config.teacher_logits}).",
+              f"(alpha {config.alpha}, temperature {config.temperature}, teacher logits {config.teacher_logits})"
+              + (" from a second teacher trained on the kept rows" if config.retrain_teacher else "") + ".",
               f"- variations: `{config.diffusion_model}` "
               + ", ".join(f"{k} {variation[k]}" for k in ("num_variations", "strength", "num_inference_steps",
                                                          "guidance_scale", "eta", "color_transfer")

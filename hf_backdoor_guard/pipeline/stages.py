@@ -1,7 +1,7 @@
 """The method's stages as plain functions over Hugging Face objects, each cached in a :class:`RunFolder`.
 
     data -> (research only: poison) -> teacher -> variations -> detection -> student
-         -> (student on the kept rows, baselines) -> evaluation
+         -> (teacher_kept -> its logits -> student_retaught) -> (student on the kept rows, baselines) -> evaluation
 
 Every function takes the run folder, its inputs (datasets, models, ``TrainingArguments``,
 an ``ImageVariation`` factory) and ``settings``: the options that decide its output, as
@@ -275,6 +275,18 @@ def _load_variations(path: Path):
 
 
 # --- detection -----------------------------------------------------------------------------
+def _save_arrays(path: Path, arrays: dict) -> None:
+    """``arrays`` as a safetensors file at ``path``, written through ``.NAME.partial`` so it appears whole."""
+    from safetensors.numpy import save_file
+
+    from ..runtime.outputs import write_bytes_atomic
+
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file(arrays, str(tmp))
+    write_bytes_atomic(path, tmp.read_bytes())
+    tmp.unlink()
+
+
 def detection_stage(run: RunFolder, teacher, processor, train, variations, *, settings: dict,
                     score: str = "combined", threshold: float | None = None, budget: float | None = None,
                     batch_size: int = 128) -> dict:
@@ -285,21 +297,17 @@ def detection_stage(run: RunFolder, teacher, processor, train, variations, *, se
     Returns ``{"score", "threshold", "flagged": [row indices], "suspicion": [per row],
     "variation_prediction": [per row], "original_logits", "variation_logits"}``.
     """
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     from ..detection import detect_poisoned, otsu_threshold
     from ..evaluation import predict_logits
-    from ..runtime.outputs import write_bytes_atomic
 
     def make():
         if not run.is_main_process:
             return
         original = predict_logits(teacher, train, processor, batch_size=batch_size, progress=False)
         varied = predict_logits(teacher, variations, processor, batch_size=batch_size, progress=False)
-        tmp = run.path / f".{LOGITS_FILE}.partial"
-        save_file({"original": original, "variations": varied}, str(tmp))
-        write_bytes_atomic(run.path / LOGITS_FILE, tmp.read_bytes())
-        tmp.unlink()
+        _save_arrays(run.path / LOGITS_FILE, {"original": original, "variations": varied})
         detected = detect_poisoned(teacher, train.select_columns(["image", "label"]),
                                    variations.select_columns(["image", "source_index"]), score=score,
                                    threshold=threshold, budget=budget, logits=(original, varied))
@@ -326,6 +334,39 @@ def detection_stage(run: RunFolder, teacher, processor, train, variations, *, se
     # The logits file is the stage's too: recorded with it, so a discard or --overwrite removes it as well.
     return run.run_stage("detection", settings, DETECTION_FILE, make, load,
                          partial=(LOGITS_FILE, f".{LOGITS_FILE}.partial"))
+
+
+def logits_stage(run: RunFolder, name: str, model, processor, dataset, *, settings: dict,
+                 batch_size: int = 128):
+    """``model``'s logits on every row of ``dataset`` ([rows, classes] float32), saved as ``NAME.safetensors``.
+
+    The retaught student is distilled from the second teacher's logits on the variations:
+    cached like the first teacher's (:func:`detection_stage`), so a rerun does not redo them.
+    """
+    from safetensors.numpy import load_file
+
+    from ..evaluation import predict_logits
+
+    output = f"{name}.safetensors"
+
+    def make():
+        if run.is_main_process:
+            logits = predict_logits(model, dataset, processor, batch_size=batch_size, progress=False)
+            _save_arrays(run.path / output, {"logits": np.asarray(logits, dtype=np.float32)})
+
+    return run.run_stage(name, settings, output, make, lambda path: load_file(str(path))["logits"],
+                         partial=(f".{output}.partial",))
+
+
+def kept_rows(train, detection: dict):
+    """The rows of ``train`` detection did not flag (what the second teacher learns from)."""
+    flagged = set(detection["flagged"])
+    rows = [row for row in range(len(train)) if row not in flagged]
+    if not rows:
+        raise ValueError("Detection flagged every training row, so no row is left to train the second teacher on: "
+                         "pass --detection_threshold or --detection_budget to flag fewer, or --retrain_teacher "
+                         "false.")
+    return train.select(rows)
 
 
 # --- students ------------------------------------------------------------------------------
@@ -483,4 +524,4 @@ def evaluation_stage(run: RunFolder, models: Mapping[str, tuple] | tuple, eval_d
 
 
 __all__ = ["TRAINING_SETTINGS", "training_settings", "training_arguments", "data_stage", "teacher_stage",
-           "variations_stage", "detection_stage", "distillation_dataset", "kept_variations", "student_stage", "baseline_stage", "evaluation_stage"]
+           "variations_stage", "detection_stage", "logits_stage", "kept_rows", "distillation_dataset", "kept_variations", "student_stage", "baseline_stage", "evaluation_stage"]
