@@ -1,7 +1,7 @@
 """Does the embedded demo's teacher learn each attack's backdoor? Teacher only: poison, train, evaluate.
 
-For every chosen attack and seed this poisons the demo's victim split (digits, 800 rows,
-target 0) with the attack's embedded-benchmark setting (``embedded_attack``, which
+For every chosen attack and seed this poisons the demo's victim split (``--benchmark``: digits, 800 rows, by
+default; fashion-mnist, 5,000 rows; target 0) with the attack's embedded-benchmark setting (``embedded_attack``, which
 options below can override), trains the demo's small ResNet teacher (``demo.build_classifier``) for 12 epochs
 with the demo's training settings, and measures its attack success rate (ASR) and clean
 accuracy (C-Acc). A clean-trained model per seed gives the C-Acc to compare with. It
@@ -15,6 +15,7 @@ clean model's.
     python benchmarks/plant_attacks.py --attacks sig --rate sig=1.0 --tag "all target rows"
     python benchmarks/plant_attacks.py --summarize benchmarks/plant_attacks_results.jsonl [--compact]
     python benchmarks/plant_attacks.py --clean-asr          # a clean model's "ASR" under each test trigger
+    python benchmarks/plant_attacks.py --clean-asr --benchmark fashion-mnist --attacks badnets blended
 
 ``--clean-asr`` measures the floor a defence cannot go below: a model trained on clean data
 only, per seed, evaluated with every attack's embedded test trigger. A strong trigger (SIG's
@@ -64,7 +65,7 @@ def training_args(output_dir: str, seed: int, epochs: float):
 
     settings = DemoSettings()
     return TrainingArguments(
-        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=settings.batch_size,
+        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=settings.per_device_train_batch_size,
         learning_rate=settings.learning_rate, weight_decay=1e-4, lr_scheduler_type="cosine", warmup_steps=0.05,
         seed=seed, data_seed=seed, save_strategy="no", report_to="none", logging_strategy="epoch", use_cpu=True,
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
@@ -235,6 +236,9 @@ def main(argv=None) -> None:
                              "split for EPOCHS epochs.")
     parser.add_argument("--surrogate-epsilon", action="append", default=[], metavar="ATTACK=EPSILON",
                         help="Train that surrogate adversarially with this L-inf budget.")
+    parser.add_argument("--benchmark", default="digits",
+                        help="The world whose victim and test splits are used (default: digits); another world's "
+                             "records go to their own default file.")
     parser.add_argument("--tag", default="", help="A label for this setting in the tables.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON-lines file the runs are appended to.")
     parser.add_argument("--summarize", type=Path, help="Only print the tables of an earlier results file.")
@@ -255,7 +259,7 @@ def main(argv=None) -> None:
     datasets.disable_progress_bars()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     from hf_backdoor_guard.attacks import ATTACKS
-    from hf_backdoor_guard.data import load_digits_dataset
+    from hf_backdoor_guard.benchmark.worlds import world
 
     names = args.attacks or ATTACKS.names()
     for name in names:
@@ -270,12 +274,18 @@ def main(argv=None) -> None:
                 raise SystemExit(f"{flag} {item!r}: expected attack=number")
             parsed[name] = float(value)
 
-    data = load_digits_dataset(seed=0)
+    data = world(args.benchmark).load()
+    default_out = DEFAULT_OUT if args.benchmark == "digits" else DEFAULT_OUT.with_name(
+        f"plant_attacks_{args.benchmark}_results.jsonl")
     if args.clean_asr:
         # its own file: these records have no poisoning setting, and the planting tables read --out
-        out = DEFAULT_OUT.with_name("clean_model_asr_results.jsonl") if args.out == DEFAULT_OUT else args.out
+        name = "clean_model_asr_results.jsonl" if args.benchmark == "digits" else \
+            f"clean_model_asr_{args.benchmark}_results.jsonl"
+        out = DEFAULT_OUT.with_name(name) if args.out == DEFAULT_OUT else args.out
         clean_model_asr(names, args.seeds, args.epochs, data, out)
         return
+    if args.out == DEFAULT_OUT:
+        args.out = default_out
     records = read(args.out)
     clean = {seed: clean_accuracy(seed, args.epochs, data, records, args.out) for seed in args.seeds}
     for name in names:

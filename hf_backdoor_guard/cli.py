@@ -56,8 +56,9 @@ def build_parser(defend_defaults: dict | None = None) -> argparse.ArgumentParser
     compare = commands.add_parser(
         "compare", parents=[shared],
         help="Measure the method beside every peer defense (ABL, fine-pruning, NAD, ...) on the embedded benchmark.",
-        description="On the demo's data and settings, poison the digits with the attack's embedded setting, run "
-        "the method (the undefended teacher 'none', 'student', 'student_cleaned') and every registered peer defense "
+        description="On the demo's data and settings, poison the world's training split with the attack's setting "
+        "there, run the method (the undefended teacher 'none', 'student', 'student_retaught' = the shipped model/, "
+        "'student_cleaned') and every registered peer defense "
         "on the same poisoned data, and write leaderboard.json, leaderboard.md and a C-Acc vs. ASR figure "
         "(DER against 'none') to --output-dir. Every run is cached there, so a rerun resumes.",
     )
