@@ -165,10 +165,17 @@ def run_job(job: tuple[str, str, int]) -> dict:
             result = run_demo(attack, Path(out) / "demo", seed=seed, **overrides)
     return {"config": config, "attack": attack, "seed": seed, "seconds": result["seconds"],
             "timings": result["timings"], "models": result["models"], "detection": result.get("detection"),
-            "shipped": result.get("shipped", "student"), "poison_rate": result["settings"].get("poison_rate"),
+            "shipped": result.get("shipped", "student"),
             # what produced the numbers: the attack as planted, the variation settings, the machine's load
             "overrides": overrides, "attack_config": result.get("attack_config"), "variation": result.get("variation"),
             "rows": result.get("rows"), "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+
+
+def planted_setting(attack: str):
+    """The digits world's ``BenchmarkAttack`` for ``attack`` (an attack not in its table: the defaults)."""
+    from hf_backdoor_guard.benchmark.attack_settings import EMBEDDED_ATTACKS, BenchmarkAttack
+
+    return EMBEDDED_ATTACKS.get(attack, BenchmarkAttack())
 
 
 def plant_variant(attack: str, variant: tuple[str, dict]) -> None:
@@ -177,12 +184,12 @@ def plant_variant(attack: str, variant: tuple[str, dict]) -> None:
     per-run attack options, on purpose (its settings are the documented ones)."""
     import dataclasses
 
-    from hf_backdoor_guard.benchmark.attack_settings import EMBEDDED_ATTACKS, BenchmarkAttack
+    from hf_backdoor_guard.benchmark.attack_settings import EMBEDDED_ATTACKS
 
     name, change = variant
     if name != attack:
         raise ValueError(f"the variant is for {name}, not {attack}")
-    base = EMBEDDED_ATTACKS.get(attack, BenchmarkAttack())
+    base = planted_setting(attack)
     EMBEDDED_ATTACKS[attack] = dataclasses.replace(base, rate=change.get("rate", base.rate),
                                                    options={**base.options, **change.get("options", {})},
                                                    why="a red-team sweep point (benchmarks/demo_sweep.py)")
@@ -313,21 +320,24 @@ def zoo_table(records: list[dict], config: str = "default", model: str = "studen
 def sweep_points(records: list[dict], zoo: list[dict]) -> dict:
     """``{(attack, knob): {x: [records]}}`` for the red-team sweeps: knob "rate" (the poisoning rate) or
     "strength" (Blended's ratio, BadNets' patch side); the zoo's default runs give the default point."""
-    defaults = {"badnets": {"rate": 0.1, "strength": 3}, "blended": {"rate": 0.1, "strength": 0.2}}
+    swept = {attack for attack, _ in ATTACK_VARIANTS.values()}
+    strength = {attack: next(iter(change["options"])) for attack, change in ATTACK_VARIANTS.values()
+                if "options" in change}  # the option each attack's strength sweep changes
+    newest = {}  # one run per (config, attack, seed): the newest, as zoo_table counts them
+    for record in records + [r for r in zoo if r.get("config") == "default" and r["attack"] in swept]:
+        if "models" in record:
+            newest[(record["config"], record["attack"], record["seed"])] = record
     points: dict = defaultdict(lambda: defaultdict(list))
-    for record in records + [r for r in zoo if r.get("config") == "default" and r["attack"] in defaults]:
-        if "models" not in record:
-            continue
-        attack, config = record["attack"], record["config"]
-        if config == "default":
-            for knob, x in defaults[attack].items():
-                points[(attack, knob)][x].append(record)
+    for (config, attack, _), record in newest.items():
+        if config == "default":  # the default point of both knobs, as the zoo planted it
+            points[(attack, "rate")][planted_setting(attack).rate].append(record)
+            points[(attack, "strength")][record["attack_config"][strength[attack]]].append(record)
             continue
         _, change = ATTACK_VARIANTS[config]
         if "rate" in change:
             points[(attack, "rate")][change["rate"]].append(record)
         else:
-            points[(attack, "strength")][next(iter(change["options"].values()))].append(record)
+            points[(attack, "strength")][change["options"][strength[attack]]].append(record)
     return points
 
 

@@ -231,7 +231,8 @@ def test_students_train_at_their_own_learning_rate(tmp_path):
     from hf_backdoor_guard.pipeline.run_folder import RunFolder
 
     shared = Shared(data={}, teacher=None, processor=None, variations=None, detection={}, classifier={},
-                    training=dict(batch_size=8, learning_rate=2e-3, weight_decay=1e-4, use_cpu=True), num_variations=3)
+                    training=dict(batch_size=8, learning_rate=2e-3, weight_decay=1e-4, use_cpu=True), num_variations=3,
+                    teacher_args=None)
     run = RunFolder(tmp_path / "stages")
     config = DefendConfig(dataset_name="x", learning_rate=2e-3, student_learning_rate=5e-4, student_epochs=9, seed=4,
                           temperature=2.0)
@@ -251,9 +252,7 @@ def test_switching_the_second_teacher_reuses_every_trained_stage(defended, poiso
     cached models are measured anew: an evaluation of other models is made again, not refused)."""
     from hf_backdoor_guard import load_robust_model
 
-    args = ["defend", "--dataset_name", "imagefolder", "--data-dir", str(poisoned_folder), "--model_name_or_path",
-            str(start_model), "--diffusion-model", "embedded", "--output-dir", str(defended), "--config",
-            str(defended.parent / "quick.yaml"), "--seed", "0"]
+    args = _rerun_args(defended, poisoned_folder, start_model)
     before = json.loads((defended / "stages" / "stages.json").read_text())
     try:
         assert main(args + ["--retrain_teacher", "false"]) == 0
@@ -270,15 +269,33 @@ def test_switching_the_second_teacher_reuses_every_trained_stage(defended, poiso
     assert json.loads((defended / "metrics.json").read_text())["shipped"] == "student_retaught"
 
 
+def _rerun_args(defended, poisoned_folder, start_model) -> list[str]:
+    """The command line that made the ``defended`` fixture's folder."""
+    return ["defend", "--dataset_name", "imagefolder", "--data-dir", str(poisoned_folder), "--model_name_or_path",
+            str(start_model), "--diffusion-model", "embedded", "--output-dir", str(defended), "--config",
+            str(defended.parent / "quick.yaml"), "--seed", "0"]
+
+
+def test_a_refused_rerun_removes_nothing(defended, poisoned_folder, start_model):
+    """A rerun refused for a changed student leaves the folder as it was, its evaluation of other models too (that
+    one is only made again once the run is accepted)."""
+    stages_dir = defended / "stages"
+    records, files = (stages_dir / "stages.json").read_text(), sorted(p.name for p in stages_dir.iterdir())
+    assert main(_rerun_args(defended, poisoned_folder, start_model)
+                + ["--retrain_teacher", "false", "--student_epochs", "3"]) == 2
+    assert (stages_dir / "stages.json").read_text() == records
+    assert sorted(p.name for p in stages_dir.iterdir()) == files and "evaluation.json" in files
+
+
 def test_second_teacher_needs_a_kept_row():
     from datasets import Dataset
 
     from hf_backdoor_guard.pipeline.stages import kept_rows
 
     train = Dataset.from_dict({"label": [0, 1, 2]})
-    assert kept_rows(train, {"flagged": [1]})["label"] == [0, 2]
+    assert kept_rows(train, {"flagged": [1], "suspicion": [0.1, 0.9, 0.2]})["label"] == [0, 2]
     with pytest.raises(ValueError, match="flagged every training row.*--detection_threshold.*--retrain_teacher false"):
-        kept_rows(train, {"flagged": [0, 1, 2]})
+        kept_rows(train, {"flagged": [0, 1, 2], "suspicion": [0.9, 0.9, 0.9]})
 
 
 def test_a_student_stage_records_what_its_unset_options_stood_for():

@@ -34,7 +34,9 @@ def test_redteam_writes_its_table_from_the_demo_runs_and_resumes(tmp_path, toy_w
     assert list(result["attacks"]) == ["border", "tint"]
     for name, row in result["attacks"].items():
         demo = json.loads((out / "attacks" / name / "metrics.json").read_text())
-        assert row["teacher"] == demo["models"]["teacher"] and row["model"] == demo["models"]["student"]
+        assert row["teacher"] == demo["models"]["teacher"] and row["student"] == demo["models"]["student"]
+        assert row["shipped"] == demo["shipped"] == "student_retaught"
+        assert row["model"] == demo["models"]["student_retaught"]
         assert 0.0 <= row["clean_reference"]["attack_success_rate"] <= 1.0
         assert -1.0 <= row["survival"] <= 2.0 and row["survival"] == result["canary"]["results"][name]["survival"]
         curve = row["retuning"]["asr_model"]

@@ -1,7 +1,6 @@
 """ImageVariation over tiny random pipelines of every diffusers family (built in code, offline)."""
 
 import json
-import math
 import shutil
 
 import numpy as np

@@ -202,7 +202,7 @@ def _check(attack: str, seed: int, defenses, settings: dict, output_dir: Path,
         # What an earlier run cached there must match. The data stage's settings hold the attack's embedded
         # setting, which takes work to build: run_defend checks that one, once the digits are loaded.
         _check_cached(folder / METHOD_DIR / STAGES_DIR, {stage: stage_settings(config, stage) for stage in
-                                                         ("teacher", "variations", "detection", *METHOD_ROWS)})
+                                                         ("teacher", "variations", "detection", *(stage for row in METHOD_ROWS for stage in METHOD_STAGES[row]))})
         variants = defense_variants()
         _check_cached(folder / DEFENSES_DIR, {row: {"defense": variants[row][0], "options": variants[row][1]}
                                               for row in rows})

@@ -211,6 +211,7 @@ def restart_if_data_changed(run: RunFolder, plan: dict) -> None:
     reruns must get results for the new data, never the cached ones of the old.
     """
     record = run.record("data")
+    run.wait()  # every process decides from the same record, read before the main one removes it
     planned = plan["data"].get("content")
     if not record or planned is None:
         return
@@ -306,6 +307,7 @@ def refresh_evaluation(run: RunFolder, plan: dict) -> None:
     """Discard a finished evaluation that measured other models (an older version's run, ``--retrain_teacher``
     switched): it is made again from the cached models in seconds, instead of refusing the folder."""
     record = run.record("evaluation")
+    run.wait()  # every process decides from the same record, read before the main one removes it
     if record and settings_differences(record.get("settings", {}), plan["evaluation"]):
         run.discard("evaluation")
 
@@ -322,7 +324,7 @@ class Shared:
     classifier: dict  # build_classifier's options
     training: dict  # training_arguments' options every model shares
     num_variations: int  # per source image
-    teacher_args: Any = None  # the teacher's TrainingArguments (the second teacher trains with them too)
+    teacher_args: Any  # the teacher's TrainingArguments (the second teacher trains with them too)
 
 
 def shared_stages(run: RunFolder, config: DefendConfig, inputs: Inputs, plan: dict, device: str) -> Shared:
@@ -413,8 +415,8 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
                                      "wrote there)")
         plan = run_plan(config, inputs)
         restart_if_data_changed(run, plan)
-        refresh_evaluation(run, plan)
-        run.check(plan)
+        run.check({stage: settings for stage, settings in plan.items() if stage != "evaluation"})
+        refresh_evaluation(run, plan)  # only after the check: a refused run removes nothing
         shared = shared_stages(run, config, inputs, plan, device)
         student_args = student_arguments(run, config, shared)
         models = {"teacher": (shared.teacher, shared.processor)}
@@ -441,7 +443,7 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
             # so a run killed while writing them leaves names the next run may replace.
             record_outputs(output_dir, RECORDED_WHOLE)
             result = write_outputs(output_dir, run, config, inputs, shared.data, shared.variations, shared.detection,
-                                   scores, student=models[config.shipped_model], started=started,
+                                   scores, shipped=models[config.shipped_model], started=started,
                                    report_title=report_title)
         run.wait()
     return result if result is not None else {}

@@ -1,6 +1,6 @@
 """What a ``defend`` (or demo) run leaves in its output folder, written by the main process after the stages.
 
-``model/`` (robust student with a card), ``cleaned/``, ``detection.json``,
+``model/`` (the shipped model, ``config.shipped_model``, with a card), ``cleaned/``, ``detection.json``,
 ``metrics.json``, the figures and ``report.md``; then, if asked, the upload.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..runtime.outputs import write_folder_files, write_json_atomic, write_text_atomic
+from .stages import flagged_mask
 from . import figures
 
 logger = logging.getLogger(__name__)
@@ -130,8 +131,8 @@ def local_repo_name(output_dir: Path) -> str:
     return f"{name or 'defend'}-robust"
 
 
-def _write_model(output_dir: Path, config, student, result: dict, push: bool):
-    """``model/``: the student staged by ``hub.publish_model`` with its card.
+def _write_model(output_dir: Path, config, shipped, result: dict, push: bool):
+    """``model/``: the shipped model ``(model, processor)`` staged by ``hub.publish_model`` with its card.
 
     With an attack (research) the card states C-Acc, ASR and R-Acc against it; without
     one, only clean accuracy was measured, and the card says so (attack ``"none"``).
@@ -139,7 +140,7 @@ def _write_model(output_dir: Path, config, student, result: dict, push: bool):
     from ..hub.cards import NO_ATTACK
     from ..hub.publish import publish_model
 
-    model, processor = student
+    model, processor = shipped
     repo_id = config.push_to_hub or local_repo_name(output_dir)
     models, shipped = result["models"], result["shipped"]
     if config.research:
@@ -162,7 +163,7 @@ def _data_name(config, inputs) -> str:
 
 
 def write_outputs(output_dir: Path, run, config, inputs, data, variations, detection: dict, scores: dict, *,
-                  student, started: float, report_title: str | None = None) -> dict:
+                  shipped, started: float, report_title: str | None = None) -> dict:
     """Write the output folder's files and return the run's numbers (also in ``metrics.json``)."""
     import torch
 
@@ -174,9 +175,8 @@ def write_outputs(output_dir: Path, run, config, inputs, data, variations, detec
         written["flagged"] = [inputs.source_rows[row] for row in detection["flagged"]]
         written["rows"] = inputs.source_rows
     write_json_atomic(output_dir / "detection.json", written)
-    flagged = set(detection["flagged"])
-    kept = [row for row in range(len(train)) if row not in flagged]
     renames = {old: new for old, new in (("image", config.image_column_name), ("label", config.label_column_name)) if old != new}
+    kept = np.flatnonzero(~flagged_mask(detection))  # an empty cleaned/ where every row was flagged
     cleaned = train.select(kept).flatten_indices().rename_columns(renames)
     write_folder_files(output_dir, "cleaned", lambda folder: cleaned.save_to_disk(str(folder)))
 
@@ -204,13 +204,13 @@ def write_outputs(output_dir: Path, run, config, inputs, data, variations, detec
         result["rows"]["triggered_test"] = int(np.sum(np.asarray(data["eval"]["label"]) != config.target_label))
     _draw_figures(output_dir, inputs.train, train, variations, detection, summary, scores, inputs.label_names,
                   config.research, config.gallery_size, title)
-    _write_model(output_dir, config, student, result, push=False)
+    _write_model(output_dir, config, shipped, result, push=False)
     result["timings"]["outputs"] = round(time.perf_counter() - begun, 2)
     result["seconds"] = round(time.time() - started, 1)
     write_json_atomic(output_dir / "metrics.json", result)
     write_text_atomic(output_dir / "report.md", render_report(result, config, title))
     if config.push_to_hub:  # last: a failed upload leaves a complete run behind
-        _write_model(output_dir, config, student, result, push=True)
+        _write_model(output_dir, config, shipped, result, push=True)
         result["hub"] = {"repo_id": config.push_to_hub, "staged": str(output_dir / "model")}
         write_json_atomic(output_dir / "metrics.json", result)
     logger.info("Done in %.0f s: %s", result["seconds"], output_dir)

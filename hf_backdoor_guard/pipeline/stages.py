@@ -181,7 +181,8 @@ def _training_stage(run: RunFolder, name: str, settings: dict, trainer_for: Call
     def make():
         trainer = trainer_for(checkpoints)
         result = trainer.train(resume_from_checkpoint=_resume_point(checkpoints, resume_from_checkpoint))
-        details = {"trainer_processes": trainer.accelerator.num_processes, "steps": trainer.state.global_step}
+        details = {"trainer_processes": trainer.accelerator.num_processes, "steps": trainer.state.global_step,
+                   "rows": len(trainer.train_dataset)}
         if save_metrics:
             details["train_metrics"] = dict(result.metrics)
             if trainer.eval_dataset is not None:
@@ -358,11 +359,17 @@ def logits_stage(run: RunFolder, name: str, model, processor, dataset, *, settin
                          partial=(f".{output}.partial",))
 
 
+def flagged_mask(detection: dict) -> np.ndarray:
+    """One bool per training row: whether detection flagged it."""
+    flagged = np.zeros(len(detection["suspicion"]), dtype=bool)
+    flagged[np.asarray(detection["flagged"], dtype=np.int64)] = True
+    return flagged
+
+
 def kept_rows(train, detection: dict):
     """The rows of ``train`` detection did not flag (what the second teacher learns from)."""
-    flagged = set(detection["flagged"])
-    rows = [row for row in range(len(train)) if row not in flagged]
-    if not rows:
+    rows = np.flatnonzero(~flagged_mask(detection))
+    if not len(rows):
         raise ValueError("Detection flagged every training row, so no row is left to train the second teacher on: "
                          "pass --detection_threshold or --detection_budget to flag fewer, or --retrain_teacher "
                          "false.")
@@ -398,8 +405,7 @@ def distillation_dataset(variations, detection: dict, *, teacher_logits: str = "
 
 def kept_variations(variations, detection: dict):
     """The rows of ``variations`` whose source row detection did not flag."""
-    flagged = np.zeros(len(detection["suspicion"]), dtype=bool)
-    flagged[np.asarray(detection["flagged"], dtype=np.int64)] = True
+    flagged = flagged_mask(detection)
     return variations.select(np.flatnonzero(~flagged[np.asarray(variations["source_index"])]))
 
 
@@ -411,7 +417,8 @@ def student_stage(run: RunFolder, name: str, variations, detection: dict | None,
                   keep_checkpoints: bool = False, save_metrics: bool = False, **classifier_options):
     """``(student, image_processor)`` distilled from the teacher on the variations.
 
-    By default from the teacher's logits cached by :func:`detection_stage` (``training_args``
+    By default from cached teacher logits in ``detection["variation_logits"]`` (:func:`detection_stage`'s for
+    the first teacher, :func:`logits_stage`'s for the second; ``training_args``
     are ``DistillationTrainingArguments`` with ``augment=False``); with ``teacher`` (and its
     ``teacher_processor`` if it differs) the teacher runs online instead, which random
     augmentation needs, or, with ``cache_teacher_logits``, once over the variations
