@@ -1,10 +1,10 @@
 """Does the embedded demo's teacher learn each attack's backdoor? Teacher only: poison, train, evaluate.
 
 For every chosen attack and seed this poisons the demo's victim split (``--benchmark``: digits, 800 rows, by
-default; fashion-mnist, 5,000 rows; target 0) with the attack's embedded-benchmark setting (``embedded_attack``, which
-options below can override), trains the demo's small ResNet teacher (``demo.build_classifier``) for 12 epochs
-with the demo's training settings, and measures its attack success rate (ASR) and clean
-accuracy (C-Acc). A clean-trained model per seed gives the C-Acc to compare with. It
+default; fashion-mnist, 5,000 rows; target 0) with the attack's embedded-benchmark setting
+(``embedded_attack``, which options below can override), trains the demo's small ResNet teacher
+(``demo.build_classifier``) for 12 epochs with the demo's training settings, and measures its attack
+success rate (ASR) and clean accuracy (C-Acc). A clean-trained model per seed gives the C-Acc to compare with. It
 prints one table per attack and appends every run to a JSON-lines file.
 
 An attack is *planted* when ASR >= 0.90 at every seed and C-Acc is within 0.02 of the
@@ -65,7 +65,8 @@ def training_args(output_dir: str, seed: int, epochs: float):
 
     settings = DemoSettings()
     return TrainingArguments(
-        output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=settings.per_device_train_batch_size,
+        output_dir=output_dir, num_train_epochs=epochs,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
         learning_rate=settings.learning_rate, weight_decay=1e-4, lr_scheduler_type="cosine", warmup_steps=0.05,
         seed=seed, data_seed=seed, save_strategy="no", report_to="none", logging_strategy="epoch", use_cpu=True,
         dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,

@@ -65,8 +65,8 @@ def build_parser(defend_defaults: dict | None = None) -> argparse.ArgumentParser
     add_embedded_run_options(compare, "compare", "backdoor-guard-compare", "Where the leaderboard is written.")
     compare.add_argument("--defenses", nargs="+", metavar="NAME", default=None,
                          help="Peer defenses to run (names or a comma-separated list; default: every registered "
-                         "one and the *_tuned rows). 'none' and the method's rows ('student', 'student_retaught', 'student_cleaned') "
-                         "always run. "
+                         "one and the *_tuned rows). 'none' and the method's rows ('student', 'student_retaught', "
+                         "'student_cleaned') always run. "
                          "--list-defenses prints the names and what each assumes.")
     compare.add_argument("--list-defenses", action="store_true", help="Print every defense row and exit.")
 

@@ -201,8 +201,9 @@ def _check(attack: str, seed: int, defenses, settings: dict, output_dir: Path,
             continue
         # What an earlier run cached there must match. The data stage's settings hold the attack's embedded
         # setting, which takes work to build: run_defend checks that one, once the digits are loaded.
+        method_stages = [stage for row in METHOD_ROWS for stage in METHOD_STAGES[row]]
         _check_cached(folder / METHOD_DIR / STAGES_DIR, {stage: stage_settings(config, stage) for stage in
-                                                         ("teacher", "variations", "detection", *(stage for row in METHOD_ROWS for stage in METHOD_STAGES[row]))})
+                                                         ("teacher", "variations", "detection", *method_stages)})
         variants = defense_variants()
         _check_cached(folder / DEFENSES_DIR, {row: {"defense": variants[row][0], "options": variants[row][1]}
                                               for row in rows})

@@ -443,7 +443,7 @@ def run_defend(config: DefendConfig, *, train=None, eval_ds=None, attack=None, p
             # so a run killed while writing them leaves names the next run may replace.
             record_outputs(output_dir, RECORDED_WHOLE)
             result = write_outputs(output_dir, run, config, inputs, shared.data, shared.variations, shared.detection,
-                                   scores, shipped=models[config.shipped_model], started=started,
+                                   scores, shipped_model=models[config.shipped_model], started=started,
                                    report_title=report_title)
         run.wait()
     return result if result is not None else {}

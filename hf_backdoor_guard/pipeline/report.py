@@ -131,7 +131,7 @@ def local_repo_name(output_dir: Path) -> str:
     return f"{name or 'defend'}-robust"
 
 
-def _write_model(output_dir: Path, config, shipped, result: dict, push: bool):
+def _write_model(output_dir: Path, config, shipped_model, result: dict, push: bool):
     """``model/``: the shipped model ``(model, processor)`` staged by ``hub.publish_model`` with its card.
 
     With an attack (research) the card states C-Acc, ASR and R-Acc against it; without
@@ -140,7 +140,7 @@ def _write_model(output_dir: Path, config, shipped, result: dict, push: bool):
     from ..hub.cards import NO_ATTACK
     from ..hub.publish import publish_model
 
-    model, processor = shipped
+    model, processor = shipped_model
     repo_id = config.push_to_hub or local_repo_name(output_dir)
     models, shipped = result["models"], result["shipped"]
     if config.research:
@@ -163,7 +163,7 @@ def _data_name(config, inputs) -> str:
 
 
 def write_outputs(output_dir: Path, run, config, inputs, data, variations, detection: dict, scores: dict, *,
-                  shipped, started: float, report_title: str | None = None) -> dict:
+                  shipped_model, started: float, report_title: str | None = None) -> dict:
     """Write the output folder's files and return the run's numbers (also in ``metrics.json``)."""
     import torch
 
@@ -204,13 +204,13 @@ def write_outputs(output_dir: Path, run, config, inputs, data, variations, detec
         result["rows"]["triggered_test"] = int(np.sum(np.asarray(data["eval"]["label"]) != config.target_label))
     _draw_figures(output_dir, inputs.train, train, variations, detection, summary, scores, inputs.label_names,
                   config.research, config.gallery_size, title)
-    _write_model(output_dir, config, shipped, result, push=False)
+    _write_model(output_dir, config, shipped_model, result, push=False)
     result["timings"]["outputs"] = round(time.perf_counter() - begun, 2)
     result["seconds"] = round(time.time() - started, 1)
     write_json_atomic(output_dir / "metrics.json", result)
     write_text_atomic(output_dir / "report.md", render_report(result, config, title))
     if config.push_to_hub:  # last: a failed upload leaves a complete run behind
-        _write_model(output_dir, config, shipped, result, push=True)
+        _write_model(output_dir, config, shipped_model, result, push=True)
         result["hub"] = {"repo_id": config.push_to_hub, "staged": str(output_dir / "model")}
         write_json_atomic(output_dir / "metrics.json", result)
     logger.info("Done in %.0f s: %s", result["seconds"], output_dir)
