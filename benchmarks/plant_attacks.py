@@ -39,7 +39,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TARGET = 0
-DEFAULT_OUT = Path(__file__).resolve().parent / "plant_attacks_results.jsonl"
+RESULTS_DIR = Path(__file__).resolve().parent  # benchmarks/
+
+
+def results_file(stem: str, benchmark: str) -> Path:
+    """``benchmarks/STEM_results.jsonl`` for the digits, ``STEM_WORLD_results.jsonl`` for another world."""
+    world_part = "" if benchmark == "digits" else f"_{benchmark}"
+    return RESULTS_DIR / f"{stem}{world_part}_results.jsonl"
 
 
 def parse_overrides(items: list[str], what: str) -> dict[str, dict]:
@@ -241,7 +247,8 @@ def main(argv=None) -> None:
                         help="The world whose victim and test splits are used (default: digits); another world's "
                              "records go to their own default file.")
     parser.add_argument("--tag", default="", help="A label for this setting in the tables.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON-lines file the runs are appended to.")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON-lines file the runs are appended to (default: the world's file in benchmarks/).")
     parser.add_argument("--summarize", type=Path, help="Only print the tables of an earlier results file.")
     parser.add_argument("--clean-asr", action="store_true",
                         help="Instead: a clean model per seed, evaluated with every attack's test trigger.")
@@ -276,25 +283,20 @@ def main(argv=None) -> None:
             parsed[name] = float(value)
 
     data = world(args.benchmark).load()
-    default_out = DEFAULT_OUT if args.benchmark == "digits" else DEFAULT_OUT.with_name(
-        f"plant_attacks_{args.benchmark}_results.jsonl")
     if args.clean_asr:
         # its own file: these records have no poisoning setting, and the planting tables read --out
-        name = "clean_model_asr_results.jsonl" if args.benchmark == "digits" else \
-            f"clean_model_asr_{args.benchmark}_results.jsonl"
-        out = DEFAULT_OUT.with_name(name) if args.out == DEFAULT_OUT else args.out
-        clean_model_asr(names, args.seeds, args.epochs, data, out)
+        clean_model_asr(names, args.seeds, args.epochs, data,
+                        args.out or results_file("clean_model_asr", args.benchmark))
         return
-    if args.out == DEFAULT_OUT:
-        args.out = default_out
-    records = read(args.out)
-    clean = {seed: clean_accuracy(seed, args.epochs, data, records, args.out) for seed in args.seeds}
+    out = args.out or results_file("plant_attacks", args.benchmark)
+    records = read(out)
+    clean = {seed: clean_accuracy(seed, args.epochs, data, records, out) for seed in args.seeds}
     for name in names:
         runs = []
         for seed in args.seeds:
             record = run_one(name, seed, args, data, options.get(name, {}), poison.get(name, {}), rates.get(name),
                              surrogates.get(name), epsilons.get(name))
-            append(args.out, record)
+            append(out, record)
             runs.append(record)
             print(f"{name} seed {seed}: ASR {record['attack_success_rate']:.3f} C-Acc {record['clean_accuracy']:.3f} "
                   f"(clean {clean[seed]:.3f}) {record['seconds']:.0f} s", flush=True)

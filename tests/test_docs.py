@@ -7,6 +7,7 @@ epochs" long after students trained 9 of 12, and "halves the DDIM steps" for 10 
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 import re
 from pathlib import Path
 
@@ -53,16 +54,13 @@ def test_the_demo_settings_quoted_in_the_readme_are_the_codes(readme):
 
 def test_the_library_and_defend_defaults_quoted_in_the_readme_are_the_codes(readme):
     from hf_backdoor_guard.training.distillation import DistillationTrainingArguments
-    from hf_backdoor_guard.pipeline.config import DefendConfig
+    from hf_backdoor_guard.pipeline.config import STUDENT_EPOCH_SHARE, STUDENT_LEARNING_RATE_SHARE, DefendConfig
 
     paper = DistillationTrainingArguments
     assert (f"`DistillationTrainingArguments` keep the paper's alpha {_number(_default(paper, 'alpha'))} and "
             f"temperature {_number(_default(paper, 'temperature'))}") in readme
     assert (f"`defend` on your own data uses alpha {_number(_default(DefendConfig, 'alpha'))} and temperature "
             f"{_number(_default(DefendConfig, 'temperature'))}") in readme
-    from fractions import Fraction
-    from hf_backdoor_guard.pipeline.config import STUDENT_EPOCH_SHARE, STUDENT_LEARNING_RATE_SHARE
-
     assert (f"students at {Fraction(STUDENT_EPOCH_SHARE)} of the teacher's epochs and "
             f"{Fraction(STUDENT_LEARNING_RATE_SHARE)} of its learning rate") in readme
     assert f"{_default(DefendConfig, 'train_val_split'):.0%} of the training rows (`--train_val_split`)" in readme
