@@ -23,6 +23,11 @@ def add_embedded_run_options(parser: argparse.ArgumentParser, command: str, defa
     parser.add_argument("--overwrite", action="store_true",
                         help=f"Start over in an earlier {command}'s folder with other settings (removes only its "
                         "outputs).")
+    parser.add_argument("--reuse-variations", nargs="+", metavar="DIR", default=None,
+                        help="Output folders of earlier demo runs (or compare's method/ folders) in the same world at the "
+                        "same seed: the "
+                        "rows the attack left unchanged take their variations instead of being varied again (the same "
+                        "images, made once).")
 
 
 def build_parser(defend_defaults: dict | None = None) -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 """A shortened `backdoor-guard demo`: real data, real embedded model, real training, real files."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -100,7 +101,7 @@ def test_all_runs_every_registered_attack():
     assert attack_names() == tuple(ATTACKS.names()) and len(attack_names()) >= 4
 
 
-def test_all_attacks_write_one_folder_each_and_a_summary(tmp_path, monkeypatch):
+def test_all_attacks_write_one_folder_each_and_a_summary(tmp_path, monkeypatch, caplog):
     # Two of the registered attacks (one that relabels, one clean-label) keep this test short; the
     # test above checks that "all" means every registered attack.
     from hf_backdoor_guard.benchmark import demo
@@ -108,8 +109,15 @@ def test_all_attacks_write_one_folder_each_and_a_summary(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "attack_names", lambda: ("badnets", "sig"))
     out = tmp_path / "all"
     quick = dict(QUICK, max_train_samples=60, max_eval_samples=40, num_train_epochs=1, student_epochs=1)
+    caplog.set_level(logging.INFO, logger="hf_backdoor_guard.variations.reuse")
     summary = run_demo("all", out, seed=1, **quick)
     assert list(summary["attacks"]) == ["badnets", "sig"]
+    # sig takes badnets' variations of the rows neither attack changed (SIG poisons target-class images only)
+    reused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Reusing the variations")]
+    assert reused == [f"Reusing the variations of {unchanged} of 60 rows from {out / 'badnets' / 'stages' / 'variations'}."
+                      for unchanged in [60 - summary["attacks"]["badnets"]["rows"]["poisoned"]
+                                        - summary["attacks"]["sig"]["rows"]["poisoned"]]]
+    assert summary["attacks"]["sig"]["settings"]["reuse_variations"] == [str(out / "badnets")]
     for name, metrics in summary["attacks"].items():
         assert metrics["attack"] == name
         _check_metrics(metrics["models"])

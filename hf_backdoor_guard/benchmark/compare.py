@@ -267,7 +267,9 @@ def run_compare(attack: str = "badnets", seed: int = 0, output_dir: str | os.Pat
             report(f"=== attack {number}/{len(attacks)}: {name} ===")
             folder = claim_output_dir(output_dir / name, OWNER, "--output-dir")
             _claim_single(folder)
-            boards[name] = compare_attack(name, folder, seed, demo_settings, rows, report)
+            settings_now = dataclasses.replace(demo_settings, reuse_variations=[  # earlier attacks share clean rows
+                *(demo_settings.reuse_variations or []), *(str(output_dir / done / METHOD_DIR) for done in boards)])
+            boards[name] = compare_attack(name, folder, seed, settings_now, rows, report)
         board = {"seed": seed, "attacks": boards}
         record_outputs(output_dir, LEADERBOARD_FILES)
         write_leaderboard(output_dir, board, notes=SECONDS_NOTES)
@@ -442,7 +444,8 @@ def compare_cli(args) -> int:
     # Errors reach cli.main, which prints one line: exit 2 for bad input, 1 for a folder in use.
     board = run_compare(attack=args.attack, seed=args.seed, output_dir=args.output_dir,
                         defenses=getattr(args, "defenses", None), overwrite=getattr(args, "overwrite", False),
-                        report=lambda line: print(line, flush=True), benchmark=getattr(args, "benchmark", "digits"))
+                        report=lambda line: print(line, flush=True), benchmark=getattr(args, "benchmark", "digits"),
+                        reuse_variations=getattr(args, "reuse_variations", None))
     singles = board["attacks"].values() if "attacks" in board else [board]
     for single in singles:
         print(f"\n{single['attack']} (seed {single['seed']})")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,9 @@ class DemoSettings:
     # the benchmark world (hf_backdoor_guard.benchmark.WORLDS): its data, diffusion model and attack settings;
     # every setting above is the same in every world
     benchmark: str = "digits"
+    # earlier runs' output folders whose variations the rows with unchanged images take (the same images, made
+    # once); a suite (--attack all) passes each attack the folders of the attacks before it
+    reuse_variations: list[str] | None = None
 
     def defend_options(self) -> dict[str, Any]:
         """The preset as ``DefendConfig`` keyword arguments (every field but ``benchmark``)."""
@@ -243,7 +246,9 @@ def run_demo(
         results = {}
         for number, name in enumerate(chosen, 1):
             logger.info("=== attack %d/%d: %s ===", number, len(chosen), name)
-            results[name] = run_single(name, output_dir / name, seed, demo_settings, overwrite=overwrite)
+            settings_now = replace(demo_settings, reuse_variations=[
+                *(demo_settings.reuse_variations or []), *(str(output_dir / done) for done in results)])
+            results[name] = run_single(name, output_dir / name, seed, settings_now, overwrite=overwrite)
         summary = {"seed": seed, "seconds": round(time.time() - started, 1), "attacks": results}
         write_json_atomic(output_dir / "summary.json", summary)
         from ..pipeline.figures import metrics_chart
@@ -278,7 +283,8 @@ def run_demo_cli(args) -> int:
     # Errors reach cli.main, which prints one line (exit 2 for bad input, 1 for a failed upload: its files are kept).
     result = run_demo(attack=args.attack, output_dir=args.output_dir, seed=args.seed,
                       push_to_hub=getattr(args, "push_to_hub", None), overwrite=getattr(args, "overwrite", False),
-                      benchmark=getattr(args, "benchmark", "digits"))
+                      benchmark=getattr(args, "benchmark", "digits"),
+                      reuse_variations=getattr(args, "reuse_variations", None))
     per_attack = result["attacks"] if args.attack == "all" else {args.attack: result}
     for name, metrics in per_attack.items():
         print(f"\n{name} (seed {metrics['seed']}, {metrics['seconds']:.0f} s)")

@@ -81,6 +81,10 @@ class DefendConfig(DataArguments, ModelArguments, PoisonArguments):
         "file, JSON text on the command line.", default_factory=dict)
     variation_batch_size: int = option("Images per diffusion call.", 64)
     variation_shard_size: int | None = option("Source rows per resumable shard (default 64 batches).")
+    reuse_variations: list[str] | None = option(
+        "Output folders of earlier runs with the same variation settings: a row whose image is byte-identical there "
+        "takes their variations instead of being varied again (the same images; e.g. the attacks of a benchmark at "
+        "one seed share their clean rows).")
     # distillation and detection
     alpha: float = option("Weight of the distillation term (1: soft labels only; the paper's 0.5 keeps the poisoned "
                           "rows' hard labels, which can carry a backdoor back).", 1.0)
@@ -128,6 +132,7 @@ class DefendConfig(DataArguments, ModelArguments, PoisonArguments):
         check_int("variation_batch_size", self.variation_batch_size)
         if self.variation_shard_size is not None:
             check_int("variation_shard_size", self.variation_shard_size)
+        self.reuse_variations = check_reuse_runs(self.reuse_variations, self.output_dir)
         check_fraction("alpha", self.alpha)
         check_number("temperature", self.temperature, 0, None, low_inclusive=False)
         check_choice("teacher_logits", self.teacher_logits, ("mean", "own"))
@@ -332,6 +337,26 @@ def check_pipeline_weights(folder: Path, option: str = "--diffusion-model") -> N
 
 
 # Which options decide which stage's output (a rerun with another value is refused, naming it).
+def check_reuse_runs(folders, output_dir: str) -> list[str]:
+    """``--reuse_variations``: earlier runs' output folders, each with finished variations (their settings are
+    compared when the variations stage starts, once the diffusion model is built)."""
+    from ..variations.generate import MANIFEST
+    from .defend import STAGES_DIR
+
+    if folders is None:
+        return []
+    if isinstance(folders, (str, os.PathLike)) or not all(isinstance(f, (str, os.PathLike)) for f in folders):
+        raise ValueError(f"reuse_variations must be a list of folders, got {folders!r}.")
+    for folder in folders:
+        manifest = Path(folder) / STAGES_DIR / "variations" / MANIFEST
+        if Path(folder).resolve() == Path(output_dir).resolve():
+            raise ValueError(f"reuse_variations: {folder} is this run's own --output_dir.")
+        if not manifest.is_file():
+            raise ValueError(f"reuse_variations: {folder} is not the output folder of an earlier run with "
+                             f"variations (no {manifest}).")
+    return [str(folder) for folder in folders]
+
+
 STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
     "data": ("dataset_name", "data_dir", "dataset_config_name", "dataset_revision", "train_split", "eval_split",
              "train_val_split", "image_column_name", "label_column_name", "resize_images", "max_train_samples",

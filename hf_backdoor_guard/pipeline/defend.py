@@ -340,7 +340,8 @@ def shared_stages(run: RunFolder, config: DefendConfig, inputs: Inputs, plan: di
     nv = _num_variations(config)
     variations = stages.variations_stage(
         run, data["train"], settings=plan["variations"], variation=variation_factory(config, device),
-        batch_size=max(1, config.variation_batch_size // nv), shard_size=config.variation_shard_size)
+        batch_size=max(1, config.variation_batch_size // nv), shard_size=config.variation_shard_size,
+        reuse_runs=[Path(folder) / STAGES_DIR for folder in config.reuse_variations])
     teacher.to(device)
     detection = stages.detection_stage(
         run, teacher, processor, data["train"], variations, settings=plan["detection"], score=config.detection_score,

@@ -240,7 +240,8 @@ def teacher_stage(run: RunFolder, train, *, settings: dict, model: str, label_na
 def variations_stage(run: RunFolder, train, *, settings: dict, variation: Callable[[], Any], batch_size: int = 8,
                      shard_size: int | None = None, name: str = "variations",
                      columns: Sequence[str] | None = ("image", "label"), overlap: bool = True, part_index: int = 0,
-                     num_parts: int = 1, push_to_hub: str | None = None, hub_private: bool | None = None):
+                     num_parts: int = 1, push_to_hub: str | None = None, hub_private: bool | None = None,
+                     reuse_runs: Sequence[str | Path] = ()):
     """Diffusion variations of every row of ``train`` (``generate_variations`` into ``name/``).
 
     ``variation`` builds the ``ImageVariation`` (called only when there is work left).
@@ -250,16 +251,23 @@ def variations_stage(run: RunFolder, train, *, settings: dict, variation: Callab
     e.g. the ``poisoned`` column of research data). ``overlap``, ``part_index``/``num_parts``
     (one part per machine; gather them with ``merge_variation_shards``), ``push_to_hub`` and
     ``hub_private`` go to :func:`~hf_backdoor_guard.generate_variations`; a part's stage
-    returns the part's rows.
+    returns the part's rows. ``reuse_runs``: stage folders of earlier runs (their ``data/``
+    and ``name/``) whose variations the rows with unchanged images take (``reuse``).
     """
+    from datasets import load_from_disk
+
     from ..variations import generate_variations
 
     def make():
         built = variation()
-        source = train if columns is None else train.select_columns(list(columns))
-        generate_variations(source, built, run.path / name, batch_size=batch_size, shard_size=shard_size,
+        def chosen(rows):
+            return rows if columns is None else rows.select_columns(list(columns))
+
+        reuse = [(chosen(load_from_disk(str(Path(folder) / "data"))["train"]), Path(folder) / name)
+                 for folder in reuse_runs]
+        generate_variations(chosen(train), built, run.path / name, batch_size=batch_size, shard_size=shard_size,
                             overlap=overlap, part_index=part_index, num_parts=num_parts, push_to_hub=push_to_hub,
-                            hub_private=hub_private)
+                            hub_private=hub_private, reuse=reuse)
         return {"variation": built.settings()}
 
     return run.run_stage(name, settings, name, make, _load_variations)

@@ -405,6 +405,9 @@ class ImageVariation:
         stats = [lab_stats(np.asarray(image)) for image in images] if self.color_transfer else None
         results = []
         for position, array in enumerate(arrays):
+            if not isinstance(array, np.ndarray):  # an image stored by an earlier run (reuse.py): already final
+                results.append(array)
+                continue
             source = images[position // n]
             height, width = (source.height, source.width) if self.resize_to_source else self.size
             if array.shape[:2] != (height, width):

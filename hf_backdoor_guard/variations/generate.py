@@ -32,11 +32,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 from ..runtime.outputs import check_output_dir, claim_output_dir, locked, record_outputs, write_json_atomic
 from ..validation import check_int
 from . import hub_push, shards
 from .core import ImageVariation
+from .reuse import ReusedVariations
 from .inputs import check_inputs, dataset_items, stream_items
 from ..runtime.processes import Processes, current_processes, host
 from .shards import ShardSpec
@@ -52,7 +54,7 @@ MANIFEST_VERSION = 2
 def generate_variations(ds, variation: ImageVariation, output_dir: str | os.PathLike, batch_size: int = 8,
                         shard_size: int | None = None, *, progress: bool = True, overlap: bool = True,
                         wait: bool = False, part_index: int = 0, num_parts: int = 1, push_to_hub: str | None = None,
-                        hub_token: str | None = None, hub_private: bool | None = None):
+                        hub_token: str | None = None, hub_private: bool | None = None, reuse: Sequence = ()):
     """Vary every row of ``ds`` with ``variation`` and return the finished ``Dataset``.
 
     Args:
@@ -74,6 +76,12 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
         push_to_hub: a Hub dataset repo id: push each finished shard there as
             ``data/train-0000i.parquet`` (and a short card at the end).
         hub_token, hub_private: token and visibility for ``push_to_hub``.
+        reuse: pairs ``(inputs, folder)``: finished folders of earlier calls with the same
+            settings, and the rows each was made from. A row whose image bytes are the
+            same at the same index there takes its stored variations instead of being
+            generated again (the same images: see ``reuse.py``); the first pair that
+            holds a row wins. Each pair is checked (settings, per-shard input digests)
+            before any work.
 
     Returns:
         The varied dataset, memory-mapped from ``output_dir`` (``num_variations`` rows per
@@ -117,6 +125,7 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
         "batch_size": batch_size,
     }
     digest = settings_digest(settings)
+    reused = ReusedVariations(ds, settings, digest, reuse, variation.image_column) if reuse else None
 
     with claimed(output_dir, processes, settings, wait):
         if push_to_hub is not None and processes.is_main:
@@ -155,7 +164,9 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
                     kind = item[0]
                     if kind == "batch":
                         _, indices, batch, sources = item
-                        writer.add(indices, batch, sources, variation.denoise(sources, indices))
+                        arrays = (reused.denoise(variation, sources, indices) if reused is not None
+                                  else variation.denoise(sources, indices))
+                        writer.add(indices, batch, sources, arrays)
                     elif kind == "begin":
                         writer.begin(item[1])
                     elif kind == "end":
@@ -223,6 +234,11 @@ def settings_digest(settings: dict) -> str:
     return xxhash.xxh3_128(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
+def changed_settings(settings: dict, recorded: dict) -> list[str]:
+    """The keys whose values differ between two folders' settings."""
+    return sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+
+
 def read_folder_manifest(folder: Path) -> dict | None:
     try:
         record = json.loads((folder / MANIFEST).read_text())
@@ -263,9 +279,8 @@ def _check_or_write_settings(output_dir: Path, settings: dict) -> None:
         write_json_atomic(output_dir / MANIFEST, {"settings": settings, "created": created}, sort_keys=True)
         record_outputs(output_dir, [MANIFEST])
         return
-    if recorded["settings"] != settings:
-        changed = sorted(k for k in settings.keys() | recorded["settings"].keys()
-                         if settings.get(k) != recorded["settings"].get(k))
+    changed = changed_settings(settings, recorded["settings"])
+    if changed:
         raise ValueError(
             f"output_dir {output_dir} holds variations made with other settings (differing: {changed}); refusing to "
             "mix them. Use a new output_dir, or delete this one to start over."

@@ -23,10 +23,16 @@ def check_inputs(ds, folder: Path, done: list[ShardSpec], batch_size: int) -> No
     """Finished shards are kept only for the input rows they were made from."""
     table = ds.with_format("arrow")
     for spec in done:
-        digest = InputDigest()
-        for low in range(spec.start, spec.stop, batch_size):
-            digest.update(table[low:min(low + batch_size, spec.stop)])
-        _compare_input(folder, spec, digest.hexdigest())
+        _compare_input(folder, spec, shard_input_digest(table, spec, batch_size))
+
+
+def shard_input_digest(table, spec: ShardSpec, batch_size: int = 64) -> str:
+    """The input digest of ``spec``'s rows of ``table`` (a ``Dataset`` in arrow format; any batch size gives the
+    same digest)."""
+    digest = InputDigest()
+    for low in range(spec.start, spec.stop, batch_size):
+        digest.update(table[low:min(low + batch_size, spec.stop)])
+    return digest.hexdigest()
 
 
 def _compare_input(folder: Path, spec: ShardSpec, found: str) -> None:
