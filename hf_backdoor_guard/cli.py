@@ -27,7 +27,7 @@ def add_embedded_run_options(parser: argparse.ArgumentParser, command: str, defa
                         help="Output folders of earlier demo runs (or compare's method/ folders) in the same world at the "
                         "same seed: the "
                         "rows the attack left unchanged take their variations instead of being varied again (the same "
-                        "images, made once).")
+                        "images, made once; the method's seconds then count only the rows varied again).")
 
 
 def build_parser(defend_defaults: dict | None = None) -> argparse.ArgumentParser:

@@ -175,9 +175,10 @@ def test_folders_of_users_and_of_other_commands_are_refused(tmp_path, monkeypatc
 
 def test_cli_compare_options():
     args = build_parser().parse_args(["compare", "--attack", "all", "--seed", "2", "--output-dir", "d",
-                                      "--defenses", "nad", "abl,spectral", "--overwrite"])
-    assert (args.attack, args.seed, args.output_dir, args.defenses, args.overwrite) == \
-        ("all", 2, "d", ["nad", "abl,spectral"], True)
+                                      "--defenses", "nad", "abl,spectral", "--overwrite", "--reuse-variations", "a",
+                                      "b/method"])
+    assert (args.attack, args.seed, args.output_dir, args.defenses, args.overwrite, args.reuse_variations) == \
+        ("all", 2, "d", ["nad", "abl,spectral"], True, ["a", "b/method"])
     from hf_backdoor_guard.benchmark.compare import chosen_defenses
 
     assert chosen_defenses(args.defenses) == ["abl", "nad", "spectral"]  # registry order

@@ -118,6 +118,11 @@ def test_all_attacks_write_one_folder_each_and_a_summary(tmp_path, monkeypatch, 
                       for unchanged in [60 - summary["attacks"]["badnets"]["rows"]["poisoned"]
                                         - summary["attacks"]["sig"]["rows"]["poisoned"]]]
     assert summary["attacks"]["sig"]["settings"]["reuse_variations"] == [str(out / "badnets")]
+    # a run with other variation options (here the seed) cannot reuse it: refused before any work, naming the option
+    from hf_backdoor_guard.benchmark.demo import demo_config, demo_preset
+
+    with pytest.raises(ValueError, match=r"badnets made its variations with other options \(seed: was 1, now 2\)"):
+        demo_config("sig", tmp_path / "other", 2, demo_preset({**quick, "reuse_variations": [str(out / "badnets")]}))
     for name, metrics in summary["attacks"].items():
         assert metrics["attack"] == name
         _check_metrics(metrics["models"])
@@ -148,8 +153,9 @@ def test_bad_options_raise_before_work(tmp_path, kwargs, word):
 
 
 def test_cli_demo_options():
-    args = build_parser().parse_args(["demo", "--attack", "all", "--output-dir", "d", "--seed", "4"])
-    assert (args.attack, args.output_dir, args.seed) == ("all", "d", 4)
+    args = build_parser().parse_args(["demo", "--attack", "all", "--output-dir", "d", "--seed", "4",
+                                      "--reuse-variations", "earlier"])
+    assert (args.attack, args.output_dir, args.seed, args.reuse_variations) == ("all", "d", 4, ["earlier"])
 
 
 def test_push_to_hub_publishes_the_shipped_model_with_its_card(tmp_path, monkeypatch):

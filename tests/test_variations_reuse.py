@@ -62,6 +62,12 @@ def test_bad_donors_are_refused_before_any_work(ds, donor, tmp_path):
     (unfinished / "variations_manifest.json").write_text('{"settings": {}}')
     with pytest.raises(ValueError, match="is not a finished generate_variations folder"):
         hbg.generate_variations(ds, ddim_variation(), out, reuse=[(ds, unfinished)], **RUN)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(donor, damaged)
+    shard = damaged / "data-00001.arrow"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"data-00001.arrow cannot be trusted \(it holds \d+ bytes, its manifest says"):
+        hbg.generate_variations(ds, ddim_variation(), out, reuse=[(ds, damaged)], **RUN)
     with pytest.raises(ValueError, match="must be a pair"):
         hbg.generate_variations(ds, ddim_variation(), out, reuse=[donor], **RUN)
     with pytest.raises(ValueError, match="reuse needs a datasets.Dataset input"):
@@ -70,7 +76,8 @@ def test_bad_donors_are_refused_before_any_work(ds, donor, tmp_path):
 
 
 def test_defend_names_a_folder_without_variations(tmp_path):
-    with pytest.raises(ValueError, match=r"reuse_variations: .*nothing is not the output folder of an earlier run"):
+    with pytest.raises(ValueError, match=r"reuse_variations: .*nothing is not the output folder of an earlier run "
+                                         "with finished variations"):
         DefendConfig(reuse_variations=[str(tmp_path / "nothing")])
     with pytest.raises(ValueError, match="reuse_variations must be a list of folders"):
         DefendConfig(reuse_variations=str(tmp_path))

@@ -267,9 +267,7 @@ def run_compare(attack: str = "badnets", seed: int = 0, output_dir: str | os.Pat
             report(f"=== attack {number}/{len(attacks)}: {name} ===")
             folder = claim_output_dir(output_dir / name, OWNER, "--output-dir")
             _claim_single(folder)
-            settings_now = dataclasses.replace(demo_settings, reuse_variations=[  # earlier attacks share clean rows
-                *(demo_settings.reuse_variations or []), *(str(output_dir / done / METHOD_DIR) for done in boards)])
-            boards[name] = compare_attack(name, folder, seed, settings_now, rows, report)
+            boards[name] = compare_attack(name, folder, seed, demo_settings, rows, report)
         board = {"seed": seed, "attacks": boards}
         record_outputs(output_dir, LEADERBOARD_FILES)
         write_leaderboard(output_dir, board, notes=SECONDS_NOTES)

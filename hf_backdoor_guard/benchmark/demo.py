@@ -70,8 +70,8 @@ class DemoSettings:
     # the benchmark world (hf_backdoor_guard.benchmark.WORLDS): its data, diffusion model and attack settings;
     # every setting above is the same in every world
     benchmark: str = "digits"
-    # earlier runs' output folders whose variations the rows with unchanged images take (the same images, made
-    # once); a suite (--attack all) passes each attack the folders of the attacks before it
+    # earlier runs' output folders whose variations the rows with unchanged images take (the demo runs on the
+    # CPU: the same images, made once); a suite (--attack all) passes each attack the folders of those before it
     reuse_variations: list[str] | None = None
 
     def defend_options(self) -> dict[str, Any]:

@@ -82,9 +82,9 @@ class DefendConfig(DataArguments, ModelArguments, PoisonArguments):
     variation_batch_size: int = option("Images per diffusion call.", 64)
     variation_shard_size: int | None = option("Source rows per resumable shard (default 64 batches).")
     reuse_variations: list[str] | None = option(
-        "Output folders of earlier runs with the same variation settings: a row whose image is byte-identical there "
-        "takes their variations instead of being varied again (the same images; e.g. the attacks of a benchmark at "
-        "one seed share their clean rows).")
+        "Output folders of earlier runs with the same variation options: a row whose image is byte-identical there "
+        "takes their variations instead of being varied again (on the CPU the same images; on a GPU the rows varied "
+        "again may differ in the lowest bits). The attacks of a benchmark at one seed share their clean rows.")
     # distillation and detection
     alpha: float = option("Weight of the distillation term (1: soft labels only; the paper's 0.5 keeps the poisoned "
                           "rows' hard labels, which can carry a backdoor back).", 1.0)
@@ -132,7 +132,6 @@ class DefendConfig(DataArguments, ModelArguments, PoisonArguments):
         check_int("variation_batch_size", self.variation_batch_size)
         if self.variation_shard_size is not None:
             check_int("variation_shard_size", self.variation_shard_size)
-        self.reuse_variations = check_reuse_runs(self.reuse_variations, self.output_dir)
         check_fraction("alpha", self.alpha)
         check_number("temperature", self.temperature, 0, None, low_inclusive=False)
         check_choice("teacher_logits", self.teacher_logits, ("mean", "own"))
@@ -155,6 +154,7 @@ class DefendConfig(DataArguments, ModelArguments, PoisonArguments):
             from ..hub.publish import _check_repo_id
 
             _check_repo_id(self.push_to_hub)
+        self.reuse_variations = check_reuse_runs(self)  # last: it compares the variation options checked above
 
     # --- sources ---------------------------------------------------------------------------
     @classmethod
@@ -336,27 +336,39 @@ def check_pipeline_weights(folder: Path, option: str = "--diffusion-model") -> N
                                       "pipeline.save_pretrained(folder, safe_serialization=True)")
 
 
-# Which options decide which stage's output (a rerun with another value is refused, naming it).
-def check_reuse_runs(folders, output_dir: str) -> list[str]:
-    """``--reuse_variations``: earlier runs' output folders, each with finished variations (their settings are
-    compared when the variations stage starts, once the diffusion model is built)."""
-    from ..variations.generate import MANIFEST
-    from .defend import STAGES_DIR
-
+def check_reuse_runs(config: DefendConfig) -> list[str]:
+    """``--reuse_variations``: earlier runs' output folders, each with finished variations made with this run's
+    variation options (compared as a rerun compares them, naming the option)."""
+    folders = config.reuse_variations
     if folders is None:
         return []
+    from ..variations.generate import read_folder_manifest
+    from .defend import STAGES_DIR
+    from .run_folder import RECORD, settings_differences
+
     if isinstance(folders, (str, os.PathLike)) or not all(isinstance(f, (str, os.PathLike)) for f in folders):
         raise ValueError(f"reuse_variations must be a list of folders, got {folders!r}.")
+    planned = stage_settings(config, "variations")
     for folder in folders:
-        manifest = Path(folder) / STAGES_DIR / "variations" / MANIFEST
-        if Path(folder).resolve() == Path(output_dir).resolve():
+        stages = Path(folder) / STAGES_DIR
+        if Path(folder).resolve() == Path(config.output_dir).resolve():
             raise ValueError(f"reuse_variations: {folder} is this run's own --output_dir.")
-        if not manifest.is_file():
-            raise ValueError(f"reuse_variations: {folder} is not the output folder of an earlier run with "
-                             f"variations (no {manifest}).")
+        try:
+            record = json.loads((stages / RECORD).read_text(encoding="utf-8")).get("variations") or {}
+        except (OSError, ValueError, AttributeError):
+            record = {}
+        manifest = read_folder_manifest(stages / "variations") or {}
+        if not (record.get("complete") and manifest.get("complete")):
+            raise ValueError(f"reuse_variations: {folder} is not the output folder of an earlier run with finished "
+                             f"variations (no finished {stages / 'variations'}).")
+        changed = settings_differences(record.get("settings", {}), planned)
+        if changed:
+            raise ValueError(f"reuse_variations: {folder} made its variations with other options "
+                             f"({'; '.join(changed)}); only a run with the same ones can be reused.")
     return [str(folder) for folder in folders]
 
 
+# Which options decide which stage's output (a rerun with another value is refused, naming it).
 STAGE_OPTIONS: dict[str, tuple[str, ...]] = {
     "data": ("dataset_name", "data_dir", "dataset_config_name", "dataset_revision", "train_split", "eval_split",
              "train_val_split", "image_column_name", "label_column_name", "resize_images", "max_train_samples",

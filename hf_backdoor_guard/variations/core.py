@@ -401,18 +401,19 @@ class ImageVariation:
     def postprocess(self, images: list[Image.Image], arrays: list[np.ndarray]) -> list[Image.Image]:
         """The CPU step of :meth:`generate`: resize each raw variation to its source and match its colors."""
         n = self.num_variations
-        # the source's color statistics, once per source rather than once per variation
-        stats = [lab_stats(np.asarray(image)) for image in images] if self.color_transfer else None
+        stats: dict[int, tuple] = {}  # the source's color statistics, once per source rather than per variation
         results = []
         for position, array in enumerate(arrays):
-            if not isinstance(array, np.ndarray):  # an image stored by an earlier run (reuse.py): already final
+            if isinstance(array, dict):  # an encoded image stored by an earlier run (reuse.py): already final
                 results.append(array)
                 continue
             source = images[position // n]
             height, width = (source.height, source.width) if self.resize_to_source else self.size
             if array.shape[:2] != (height, width):
                 array = np.asarray(Image.fromarray(array).resize((width, height), Image.BICUBIC))
-            if stats is not None:
+            if self.color_transfer:
+                if position // n not in stats:
+                    stats[position // n] = lab_stats(np.asarray(source))
                 array = match_lab_stats(array, *stats[position // n])
             results.append(Image.fromarray(array))
         return results

@@ -79,7 +79,7 @@ def generate_variations(ds, variation: ImageVariation, output_dir: str | os.Path
         reuse: pairs ``(inputs, folder)``: finished folders of earlier calls with the same
             settings, and the rows each was made from. A row whose image bytes are the
             same at the same index there takes its stored variations instead of being
-            generated again (the same images: see ``reuse.py``); the first pair that
+            generated again (the same images on the CPU: see ``reuse.py``); the first pair that
             holds a row wins. Each pair is checked (settings, per-shard input digests)
             before any work.
 

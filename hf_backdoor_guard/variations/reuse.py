@@ -6,8 +6,10 @@ finished ``generate_variations`` folder made with the same settings already hold
 variations of every row whose image is byte-identical at the same index, and only the
 other rows need the diffusion model. A benchmark zoo poisons about a tenth of one shared
 victim set per attack: a run takes the other nine tenths from earlier attacks at the same
-seed. The rows left are denoised as a smaller batch; on the CPU that gives the same bytes
-as the full batch (BENCHMARKS.md, "Variations reused across attacks").
+seed. The rows left are denoised as a smaller batch: on the CPU that gives the same bytes
+as the full batch (BENCHMARKS.md, "variations reused across attacks"); on a GPU another
+batch size may pick other kernels, and the reused run may differ from a fresh one in the
+lowest bits of the rows varied again.
 
 A donor is a pair ``(inputs, folder)``: the rows the folder was made from, checked against
 the folder's per-shard input digests before anything is taken from it.
@@ -37,7 +39,7 @@ class ReusedVariations:
         from datasets import Dataset
 
         self.num_variations = settings["variation_settings"]["num_variations"]
-        self._donors = []  # the donors' output datasets
+        self._donors = []  # the donors' image columns (pyarrow), as stored
         self._rows: dict[int, int] = {}  # row -> position in self._donors
         if not isinstance(ds, Dataset):
             raise ValueError("reuse needs a datasets.Dataset input (rows are matched by index); a stream cannot be "
@@ -50,14 +52,8 @@ class ReusedVariations:
             outputs = _checked_donor(inputs, Path(folder), ds, settings, digest, self.num_variations)
             found = [row for row in _same_images(ds, inputs, image_column) if row not in self._rows]
             self._rows.update((row, len(self._donors)) for row in found)
-            self._donors.append(outputs)
+            self._donors.append(outputs.data.column(image_column))
             logger.info("Reusing the variations of %d of %d rows from %s.", len(found), len(ds), folder)
-        self._image_column = image_column
-
-    @property
-    def rows(self) -> int:
-        """How many rows are taken from the donors."""
-        return len(self._rows)
 
     def denoise(self, variation, sources: list, indices: list[int]) -> list:
         """``variation.denoise`` on the rows no donor holds; a donor's rows get its stored (final) images."""
@@ -73,9 +69,8 @@ class ReusedVariations:
 
     def _stored(self, row: int) -> list[dict]:
         # The encoded cells as stored ({"bytes", "path"}): written again as they are, never decoded.
-        outputs = self._donors[self._rows[row]]
-        return outputs.with_format("arrow")[row * self.num_variations:(row + 1) * self.num_variations][
-            self._image_column].to_pylist()
+        n = self.num_variations
+        return self._donors[self._rows[row]].slice(row * n, n).to_pylist()
 
 
 def _checked_donor(inputs, folder: Path, ds, settings: dict, digest: str, num_variations: int):
@@ -90,8 +85,11 @@ def _checked_donor(inputs, folder: Path, ds, settings: dict, digest: str, num_va
                          f"{type(inputs).__name__}.")
     record = read_folder_manifest(folder) if folder.is_dir() else None
     complete = (record or {}).get("complete") or {}
-    if record is None or complete.get("num_parts") != 1:
+    if record is None or not complete:
         raise ValueError(f"reuse: {folder} is not a finished generate_variations folder (no complete manifest).")
+    if complete.get("num_parts") != 1:
+        raise ValueError(f"reuse: {folder} is one part of a split run; gather the parts with merge_variation_shards "
+                         "and reuse the merged folder.")
     changed = changed_settings(settings, record["settings"])
     if changed:
         raise ValueError(f"reuse: {folder} was made with other settings (differing: {changed}); its variations are "
@@ -102,8 +100,11 @@ def _checked_donor(inputs, folder: Path, ds, settings: dict, digest: str, num_va
     table = inputs.with_format("arrow")
     specs = shards.shard_specs(len(inputs), settings["shard_size"])
     for spec in specs:
-        manifest = shards.read_manifest(folder, spec.index) or {}
-        if manifest.get("settings") != digest or shard_input_digest(table, spec) != manifest.get("input_digest"):
+        manifest, problem = shards.check_shard(folder, spec, num_variations, digest)  # its bytes, as when resuming
+        if manifest is None:
+            raise ValueError(f"reuse: {folder / shards.shard_name(spec.index)} cannot be trusted "
+                             f"({problem or 'it is missing'}); run the call that made {folder} again to redo it.")
+        if shard_input_digest(table, spec) != manifest.get("input_digest"):
             raise ValueError(f"reuse: the inputs given with {folder} are not the rows it was made from (rows "
                              f"{spec.start}-{spec.stop - 1} differ from its shard {spec.index}).")
     return shards.load_shards(folder, specs, num_variations)
