@@ -5,24 +5,17 @@ import shutil
 import pytest
 from datasets import Dataset
 from PIL import Image
-from test_variations_generate import count_calls, ddim_variation, make_ds, rows
+from test_variations_generate import clean_run, count_calls, ddim_variation, ds, rows  # noqa: F401 (fixtures)
 
 import hf_backdoor_guard as hbg
 from hf_backdoor_guard.pipeline.config import DefendConfig
 
-RUN = dict(batch_size=2, shard_size=4)
+RUN = dict(batch_size=2, shard_size=4)  # as clean_run made the donor
 
 
 @pytest.fixture(scope="module")
-def ds():
-    return make_ds()
-
-
-@pytest.fixture(scope="module")
-def donor(ds, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("donor") / "variations"
-    hbg.generate_variations(ds, ddim_variation(), folder, **RUN)
-    return folder
+def donor(clean_run):
+    return clean_run[0]
 
 
 def changed(ds, images=(), labels=()):
