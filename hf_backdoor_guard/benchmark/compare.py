@@ -214,10 +214,9 @@ def _check(attack: str, seed: int, defenses, settings: dict, output_dir: Path,
 def _check_cached(folder: Path, plan: dict[str, dict]) -> None:
     """``ValueError`` naming the stage or row and the option when ``folder`` (a run folder, read without creating
     anything) recorded it with other values of the options in ``plan``."""
-    from ..pipeline.run_folder import RECORD, settings_differences
+    from ..pipeline.run_folder import read_records, settings_differences
 
-    path = folder / RECORD
-    records = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    records = read_records(folder)
     for stage, planned in plan.items():
         recorded = (records.get(stage) or {}).get("settings")
         if recorded is None:

@@ -344,7 +344,7 @@ def check_reuse_runs(config: DefendConfig) -> list[str]:
         return []
     from ..variations.generate import read_folder_manifest
     from .defend import STAGES_DIR
-    from .run_folder import RECORD, settings_differences
+    from .run_folder import read_records, settings_differences
 
     if isinstance(folders, (str, os.PathLike)) or not all(isinstance(f, (str, os.PathLike)) for f in folders):
         raise ValueError(f"reuse_variations must be a list of folders, got {folders!r}.")
@@ -354,9 +354,10 @@ def check_reuse_runs(config: DefendConfig) -> list[str]:
         if Path(folder).resolve() == Path(config.output_dir).resolve():
             raise ValueError(f"reuse_variations: {folder} is this run's own --output_dir.")
         try:
-            record = json.loads((stages / RECORD).read_text(encoding="utf-8")).get("variations") or {}
-        except (OSError, ValueError, AttributeError):
-            record = {}
+            record = read_records(stages).get("variations")
+        except (OSError, ValueError):
+            record = None
+        record = record if isinstance(record, dict) else {}
         manifest = read_folder_manifest(stages / "variations") or {}
         if not (record.get("complete") and manifest.get("complete")):
             raise ValueError(f"reuse_variations: {folder} is not the output folder of an earlier run with finished "

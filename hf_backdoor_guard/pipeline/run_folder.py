@@ -64,6 +64,16 @@ def settings_differences(recorded: dict, planned: dict) -> list[str]:
     return lines
 
 
+def read_records(folder: str | os.PathLike) -> dict[str, dict]:
+    """The stage records of the run folder ``folder`` (its ``stages.json``; {} when there is none), read without
+    creating anything. An unreadable file raises (``ValueError``, ``OSError``)."""
+    path = Path(folder) / RECORD
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
 def _normalise(settings: dict) -> dict:
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
@@ -102,11 +112,7 @@ class RunFolder:
 
     # --- records ---------------------------------------------------------------------------
     def records(self) -> dict[str, dict]:
-        path = self.path / RECORD
-        if not path.is_file():
-            return {}
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
+        return read_records(self.path)
 
     def check(self, plan: dict[str, dict]) -> None:
         """Refuse, before any work, a plan whose stages differ from what the folder holds.
@@ -294,13 +300,12 @@ def output_finished(path: str | os.PathLike) -> str | None:
     """
     path = Path(path)
     try:
-        records = json.loads((path.parent / RECORD).read_text(encoding="utf-8"))
+        record = read_records(path.parent).get(path.name)
     except (OSError, ValueError):
         return None
-    record = records.get(path.name) if isinstance(records, dict) else None
     if isinstance(record, dict) and record.get("output") == path.name and record.get("complete"):
         return record.get("finished")
     return None
 
 
-__all__ = ["RunFolder", "output_finished", "process_state", "settings_differences"]
+__all__ = ["RunFolder", "output_finished", "process_state", "read_records", "settings_differences"]
